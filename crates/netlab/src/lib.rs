@@ -1,0 +1,63 @@
+//! # netlab — the course's network lab
+//!
+//! Everything the course builds lives in network namespaces that this crate creates,
+//! inside a private sandbox, and that vanish with the process:
+//!
+//! - [`sandbox`]: move the process out of the machine's root network namespace before it
+//!   does anything (`netlab::sandbox!();`), becoming root in a user namespace if needed;
+//! - [`Netns`]: one anonymous network namespace, held by a file descriptor;
+//! - [`Topology`]: the world as data (nodes, bridges, cables, addresses, routes);
+//! - [`World`]: a topology brought up, with services and programs running inside.
+//!
+//! ```no_run
+//! netlab::sandbox!();
+//! # fn main() -> anyhow::Result<()> {
+//! let mut plan = netlab::Topology::new();
+//! plan.node("a").address("eth0", "10.0.0.1/24");
+//! plan.node("b").address("eth0", "10.0.0.2/24");
+//! plan.veth(("a", "eth0"), ("b", "eth0"));
+//! let world = netlab::World::up(&plan)?;
+//! let reply = world.node("a")?.run(|| std::net::UdpSocket::bind("10.0.0.1:0"));
+//! # Ok(()) }
+//! ```
+
+pub mod netns;
+pub mod programs;
+pub mod sandbox;
+pub mod topology;
+pub mod world;
+
+pub use netns::Netns;
+pub use topology::{Cidr, NodeSpec, Topology};
+pub use world::{Node, Service, World};
+
+/// Skip a check, with the reason and what to do about it.
+///
+/// A skip is never a pass: the check stops with a panic whose message starts with
+/// `SKIPPED: `, so plain `cargo test` shows it as failed (with the reason), and
+/// `cargo xtask check` shows it as SKIP. In CI a skip is a failure.
+#[macro_export]
+macro_rules! skip {
+    ($($reason:tt)+) => {{
+        let reason = format!($($reason)+);
+        println!("SKIPPED: {reason}");
+        panic!("SKIPPED: {reason}");
+    }};
+}
+
+/// The sandbox of this process, or skip the check with the reason it could not be
+/// entered (user namespaces blocked, …).
+pub fn require_sandbox() -> &'static sandbox::Sandbox {
+    match sandbox::current() {
+        Ok(sandbox) => sandbox,
+        Err(why) => skip!("{why}"),
+    }
+}
+
+/// Skip the check unless the process is real root (eBPF needs it).
+pub fn require_root(what: &str) {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 || require_sandbox().user_namespace {
+        skip!("{what} needs root: run `sudo -E env PATH=$PATH cargo xtask check …` (build as yourself first)");
+    }
+}
