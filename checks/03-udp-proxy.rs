@@ -1,0 +1,137 @@
+//! Checks for exercise 3 — Docker's NAT and the userland UDP proxy.
+//!
+//! Each check builds the story's world (the course's answer to exercise 2), loads
+//! *your* NAT rules into host, dind1 and dind2, starts the course's echo server in
+//! `server`, and a proxy in `host` — yours, or Docker 20.10's own `docker-proxy`. Then
+//! the story's client sends one datagram and the check reads what happened from the
+//! kernel: the server's log, the client's outcome, dind2's conntrack table.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use rstest::rstest;
+use story::{Outcome, Story};
+
+use crate::under_test::{docker_nat_rules, run_udp_proxy, Publish};
+
+netlab::sandbox!();
+
+/// Which userland proxy runs in `host`.
+#[derive(Debug, Clone, Copy)]
+enum Proxy {
+    Yours,
+    DockerProxy2010,
+}
+
+/// Your rules, for the three docker networks of the story.
+fn your_nat_rules() -> story::NatRules {
+    let [host, dind1, dind2] = story::docker_networks().map(|network| {
+        let published: Vec<Publish> = network
+            .published
+            .iter()
+            .map(|&(protocol, host_port, container)| Publish { protocol, host_port, container })
+            .collect();
+        docker_nat_rules(network.bridge, network.subnet, &published)
+    });
+    story::NatRules { host, dind1, dind2 }
+}
+
+fn story_with(proxy: Proxy) -> Story {
+    netlab::require_sandbox();
+    let docker_proxy = match proxy {
+        Proxy::DockerProxy2010 => Some(story::docker_proxy_path().unwrap_or_else(|| {
+            netlab::skip!("Docker 20.10's docker-proxy is not in .course/tools/: run `cargo xtask setup` (Debian/Ubuntu), or set DOCKER_PROXY=/path/to/docker-proxy")
+        })),
+        Proxy::Yours => None,
+    };
+    let mut story = Story::up(&your_nat_rules(), false).unwrap_or_else(|e| panic!("the story's world with your NAT rules: {e:#}"));
+    match docker_proxy {
+        Some(path) => {
+            story.start_docker_proxy(&path).unwrap_or_else(|e| panic!("starting {}: {e:#}", path.display()));
+        }
+        None => story.start_proxy(run_udp_proxy).unwrap_or_else(|e| panic!("your proxy should start: {e:#}")),
+    }
+    story
+}
+
+fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip.parse().unwrap(), port))
+}
+
+#[rstest]
+#[case::with_your_proxy(Proxy::Yours)]
+#[case::with_docker_s_own_proxy(Proxy::DockerProxy2010)]
+#[timeout(Duration::from_secs(30))]
+fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy: Proxy) {
+    let story = story_with(proxy);
+    let outcome = story.client_ask(at(story::HOST_LAN, story::PORT), b"ping", Duration::from_secs(1)).unwrap();
+
+    // 1. The datagram reached the server — relayed by the proxy, from the host's bridge.
+    let (source, payload) = story
+        .server_log(Duration::from_secs(2))
+        .expect("the server never received the client's datagram: the proxy should relay it to 172.18.0.2:4000");
+    assert_eq!(payload, b"ping");
+    assert_eq!(
+        source.ip().to_string(),
+        story::HOST_BRIDGE_ADDRESS,
+        "the server should see the proxy (172.18.0.1) as the sender: the datagram came from the bridge, so \
+         the host's DNAT rule must NOT apply to it (`! -i br-dind`), and the proxy relays it"
+    );
+
+    // 2. The server answered, yet the client got nothing.
+    assert!(
+        matches!(outcome, Outcome::NoReply { .. }),
+        "the client should hear nothing — that is the bug of the story; it got {outcome:?}"
+    );
+
+    // 3. dind2's conntrack tells why: the client's flow still waits for an answer from
+    //    192.168.0.239:4000, and the answer that came is a flow of its own, from the
+    //    bridge address and the proxy's LISTENING port 4000.
+    let table = story.world.conntrack("dind2").unwrap();
+    let request = table
+        .lines()
+        .find(|l| l.contains("src=172.17.0.2 dst=192.168.0.239 sport=34320 dport=4000"))
+        .unwrap_or_else(|| panic!("dind2 should track the client's datagram; its conntrack table:\n{table}"));
+    assert!(request.contains("[UNREPLIED]"), "the client's flow should never see its answer:\n{request}");
+    assert!(
+        table.lines().any(|l| l.contains("src=172.18.0.1 dst=172.18.0.3 sport=4000 dport=34320")),
+        "the answer should arrive in dind2 from 172.18.0.1:4000 — sent from the proxy's listening socket — \
+         and start a flow of its own; dind2's conntrack table:\n{table}"
+    );
+}
+
+#[rstest]
+#[timeout(Duration::from_secs(30))]
+fn talking_to_dind1_directly_works_so_the_proxy_path_is_to_blame() {
+    let story = story_with(Proxy::Yours);
+    let outcome = story.client_ask(at(story::DIND1, story::PORT), b"ping", Duration::from_secs(2)).unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Reply { from: at(story::DIND1, story::PORT), payload: b"ping".to_vec() },
+        "sent to 172.18.0.2:4000, the datagram is DNATed by dind1 to the server, and conntrack reverses \
+         both NATs on the answer: the client should hear from 172.18.0.2:4000"
+    );
+    let (source, _) = story.server_log(Duration::from_secs(2)).expect("the server should have logged the datagram");
+    assert_eq!(source, at(story::DIND2, story::CLIENT_PORT), "the server should see dind2's address (MASQUERADE kept port 34320)");
+}
+
+#[rstest]
+#[timeout(Duration::from_secs(30))]
+fn your_proxy_keeps_one_upstream_socket_per_client() {
+    let story = story_with(Proxy::Yours);
+    // dind2 sits on the bridge, so its datagrams to the host's port 4000 reach the proxy:
+    // twice from port 5001 (one client), once from port 5002 (another client).
+    let dind2 = story.world.node("dind2").unwrap();
+    let mut upstream_ports = Vec::new();
+    for local_port in [5001, 5001, 5002] {
+        dind2
+            .run(|| std::net::UdpSocket::bind(at(story::DIND2, local_port))?.send_to(b"hello", at(story::HOST_LAN, story::PORT)))
+            .unwrap();
+        let (source, _) = story
+            .server_log(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("the proxy should relay the datagram from 172.18.0.3:{local_port} to the server"));
+        upstream_ports.push(source.port());
+    }
+    assert_eq!(upstream_ports[0], upstream_ports[1], "the same client should be relayed through the same upstream socket (ports seen: {upstream_ports:?})");
+    assert_ne!(upstream_ports[0], upstream_ports[2], "another client should get an upstream socket of its own (ports seen: {upstream_ports:?})");
+}

@@ -1,0 +1,190 @@
+//! # The story, assembled
+//!
+//! The world of exercise 2, Docker's NAT and proxy of exercise 3, the echo server and
+//! client of exercise 1 — put together the way the article's author had them. Built
+//! from the reference solutions, with the part a check is about left open: a check for
+//! exercise 3 hands in *your* NAT rules and *your* proxy; `cargo xtask repro` hands in
+//! the reference ones.
+//!
+//! | node   | address                          | runs                             |
+//! |--------|----------------------------------|----------------------------------|
+//! | host   | 192.168.0.239, br-dind 172.18.0.1 | the userland proxy on 0.0.0.0:4000 |
+//! | dind1  | 172.18.0.2, docker0 172.17.0.1   | NAT: 4000 → server               |
+//! | dind2  | 172.18.0.3, docker0 172.17.0.1   | NAT: masquerade only             |
+//! | server | 172.17.0.2 (in dind1)            | the UDP echo server on 4000      |
+//! | client | 172.17.0.2 (in dind2)            | the client, from port 34320      |
+//! | peer   | 192.168.0.10 (host's LAN)        | —                                |
+
+use std::future::Future;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use netlab::World;
+
+pub use solution_udp_echo::Outcome;
+pub use solution_world::story_world;
+
+/// The host's LAN address: what the client sends to.
+pub const HOST_LAN: &str = "192.168.0.239";
+/// The docker network's bridge on the host, and its address.
+pub const HOST_BRIDGE: &str = "br-dind";
+pub const HOST_BRIDGE_ADDRESS: &str = "172.18.0.1";
+pub const DIND1: &str = "172.18.0.2";
+pub const DIND2: &str = "172.18.0.3";
+/// The published port, on every level.
+pub const PORT: u16 = 4000;
+/// The client's fixed source port.
+pub const CLIENT_PORT: u16 = 34_320;
+
+/// The `iptables-restore` rulesets of the three docker hosts of the story.
+#[derive(Debug, Clone)]
+pub struct NatRules {
+    pub host: String,
+    pub dind1: String,
+    pub dind2: String,
+}
+
+/// What a docker network publishes, in plain values (each exercise has its own types).
+pub struct DockerNetwork {
+    pub bridge: &'static str,
+    pub subnet: &'static str,
+    /// `(protocol, host port, container address)`
+    pub published: Vec<(&'static str, u16, SocketAddrV4)>,
+}
+
+/// The three docker networks of the story: the host's (publishing dind1's port 4000),
+/// dind1's (publishing the server's port 4000), dind2's (publishing nothing).
+pub fn docker_networks() -> [DockerNetwork; 3] {
+    let publish = |to: &str| {
+        let to = SocketAddrV4::new(to.parse().expect("an IPv4 address"), PORT);
+        vec![("udp", PORT, to), ("tcp", PORT, to)]
+    };
+    [
+        DockerNetwork { bridge: HOST_BRIDGE, subnet: "172.18.0.0/16", published: publish(DIND1) },
+        DockerNetwork { bridge: "docker0", subnet: "172.17.0.0/16", published: publish("172.17.0.2") },
+        DockerNetwork { bridge: "docker0", subnet: "172.17.0.0/16", published: vec![] },
+    ]
+}
+
+/// The story's world, running: NAT loaded, the echo server listening in `server`.
+pub struct Story {
+    pub world: World,
+    server_log: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// Print the server's log lines as they happen (for `repro` and `lab up`).
+    pub echo_log_to_stdout: bool,
+}
+
+impl Story {
+    /// Build the world, load `nat`, start the echo server. With `print_log`, the server
+    /// also prints each datagram it receives, like the article's server did.
+    pub fn up(nat: &NatRules, print_log: bool) -> Result<Story> {
+        let mut world = World::up(&story_world())?;
+        world.iptables_restore("host", &nat.host).context("loading the host's NAT rules")?;
+        world.iptables_restore("dind1", &nat.dind1).context("loading dind1's NAT rules")?;
+        world.iptables_restore("dind2", &nat.dind2).context("loading dind2's NAT rules")?;
+        let (log_tx, server_log) = mpsc::channel();
+        world.spawn_service("server", "echo-server", move || {
+            let socket = solution_udp_echo::bind(SocketAddr::from(([0, 0, 0, 0], PORT)));
+            async move {
+                solution_udp_echo::run_echo_server(socket?, move |source, payload| {
+                    if print_log {
+                        println!("  [server] {} bytes from {source}: {:?} — echoing", payload.len(), String::from_utf8_lossy(payload));
+                    }
+                    let _ = log_tx.send((source, payload.to_vec()));
+                })
+                .await
+            }
+        })?;
+        Ok(Story { world, server_log, echo_log_to_stdout: print_log })
+    }
+
+    /// Start a userland proxy in `host`: `proxy(listener, backend)` gets a socket bound
+    /// to 0.0.0.0:4000 in `host`, and dind1's address as backend.
+    pub fn start_proxy<F, Fut>(&mut self, proxy: F) -> Result<()>
+    where
+        F: FnOnce(tokio::net::UdpSocket, SocketAddr) -> Fut + Send + 'static,
+        Fut: Future<Output = std::io::Result<()>> + 'static,
+    {
+        let backend = SocketAddr::new(DIND1.parse()?, PORT);
+        self.world.spawn_service("host", "udp-proxy", move || {
+            let listener = std::net::UdpSocket::bind(("0.0.0.0", PORT))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(tokio::net::UdpSocket::from_std);
+            async move { proxy(listener?, backend).await }
+        })
+    }
+
+    /// Start Docker 20.10's own `docker-proxy` in `host`, as dockerd would, and wait
+    /// until it says it is ready (it writes `0` to its descriptor 3).
+    pub fn start_docker_proxy(&mut self, program: &std::path::Path) -> Result<u32> {
+        let (ready_read, ready_write) = pipe()?;
+        let mut command = self.world.node("host")?.command(&program.to_string_lossy());
+        command.args(["-proto", "udp", "-host-ip", "0.0.0.0", "-host-port", "4000", "-container-ip", DIND1, "-container-port", "4000"]);
+        let write_fd = ready_write.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(write_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let pid = self.world.start("host", command)?;
+        drop(ready_write);
+        let mut status = String::new();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut text = String::new();
+            let _ = std::fs::File::from(ready_read).read_to_string(&mut text);
+            text
+        });
+        for _ in 0..100 {
+            if reader.is_finished() {
+                status = reader.join().unwrap_or_default();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !status.starts_with('0') {
+            bail!("docker-proxy did not report ready (it said {status:?})");
+        }
+        Ok(pid)
+    }
+
+    /// The story's client: send `payload` from 0.0.0.0:34320 in `client` to `to`.
+    pub fn client_ask(&self, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Outcome> {
+        let local = SocketAddr::from(([0, 0, 0, 0], CLIENT_PORT));
+        Ok(self.world.node("client")?.block_on(|| solution_udp_echo::ask(local, to, payload, timeout))?)
+    }
+
+    /// The next datagram the server logged, if one comes within `timeout`.
+    pub fn server_log(&self, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        self.server_log.recv_timeout(timeout).ok()
+    }
+}
+
+/// Where the course keeps Docker 20.10's `docker-proxy` (`cargo xtask setup` puts it
+/// there): `$DOCKER_PROXY`, or `.course/tools/docker-proxy` in the workspace.
+pub fn docker_proxy_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("DOCKER_PROXY") {
+        return Some(PathBuf::from(path));
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.course/tools/docker-proxy");
+    path.is_file().then_some(path)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: freshly created, owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
