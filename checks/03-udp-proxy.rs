@@ -25,15 +25,14 @@ enum Proxy {
 
 /// Your rules, for the three docker networks of the story.
 fn your_nat_rules() -> story::NatRules {
-    let [host, dind1, dind2] = story::docker_networks().map(|network| {
+    story::NatRules::from_fn(|network| {
         let published: Vec<Publish> = network
             .published
             .iter()
             .map(|&(protocol, host_port, container)| Publish { protocol, host_port, container })
             .collect();
         docker_nat_rules(network.bridge, network.subnet, &published)
-    });
-    story::NatRules { host, dind1, dind2 }
+    })
 }
 
 fn story_with(proxy: Proxy) -> Story {

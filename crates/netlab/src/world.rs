@@ -78,7 +78,9 @@ impl World {
         if !cables.is_empty() {
             run_ip_batch(Command::new(programs::find("ip")), "the sandbox", &cables)?;
         }
-        // 2. Each node configures itself with one batch run inside it; then its sysctls.
+        // 2. Each node configures itself with one batch run inside it — all nodes at
+        //    once, as separate processes — then its sysctls.
+        let mut batches = Vec::new();
         for node in &self.nodes {
             let commands: Vec<String> = steps
                 .iter()
@@ -87,13 +89,17 @@ impl World {
                     _ => None,
                 })
                 .collect();
-            run_ip_batch(node.command("ip"), &node.name, &commands)?;
-            for step in &steps {
-                if let Step::Sysctl { node: n, key, value } = step {
-                    if *n == node.name {
-                        node.sysctl(key, value)?;
-                    }
-                }
+            let mut command = node.command("ip");
+            command.args(["-batch", "-"]);
+            let context = format!("building {} failed; its commands were:\n  ip {}", node.name, commands.join("\n  ip "));
+            batches.push((Pending::start(&mut command, &commands.join("\n"))?, context));
+        }
+        for (pending, context) in batches {
+            pending.finish().context(context)?;
+        }
+        for step in &steps {
+            if let Step::Sysctl { node, key, value } = step {
+                self.node(node)?.sysctl(key, value)?;
             }
         }
         Ok(())
@@ -114,11 +120,20 @@ impl World {
 
     /// Load an `iptables-restore` ruleset into a node (its tables are replaced).
     pub fn iptables_restore(&self, node: &str, rules: &str) -> Result<()> {
-        let node = self.node(node)?;
-        let mut command = node.command("iptables-restore");
-        feed(&mut command, rules).with_context(|| {
-            format!("iptables-restore failed in {}; the rules were:\n{rules}", node.name)
-        })
+        self.iptables_restore_all(&[(node, rules)])
+    }
+
+    /// Load rulesets into several nodes at once: `(node, rules)` pairs.
+    pub fn iptables_restore_all(&self, rulesets: &[(&str, &str)]) -> Result<()> {
+        let mut pending = Vec::new();
+        for (node, rules) in rulesets {
+            let mut command = self.node(node)?.command("iptables-restore");
+            pending.push((Pending::start(&mut command, rules)?, node, rules));
+        }
+        for (pending, node, rules) in pending {
+            pending.finish().with_context(|| format!("iptables-restore failed in {node}; the rules were:\n{rules}"))?;
+        }
+        Ok(())
     }
 
     /// The node's conntrack table, one entry per line, in the format of
@@ -338,25 +353,39 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Run `ip -batch -` with `commands` on stdin.
 fn run_ip_batch(mut command: Command, place: &str, commands: &[String]) -> Result<()> {
     command.args(["-batch", "-"]);
-    feed(&mut command, &commands.join("\n")).with_context(|| format!("building {place} failed; its commands were:\n  ip {}", commands.join("\n  ip ")))
+    Pending::start(&mut command, &commands.join("\n"))?
+        .finish()
+        .with_context(|| format!("building {place} failed; its commands were:\n  ip {}", commands.join("\n  ip ")))
 }
 
-/// Run `command` with `input` on stdin; fail with its stderr if it fails.
-fn feed(command: &mut Command, input: &str) -> Result<()> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            let name = program.rsplit('/').next().unwrap_or(&program).to_string();
-            format!("cannot run `{name}`: install the `{}` package (see `cargo xtask doctor`)", programs::package_of(&name))
-        })?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!("`{program}` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+/// A program started with its input written, whose result is collected later — so that
+/// several can run at once.
+struct Pending {
+    program: String,
+    child: Child,
+}
+
+impl Pending {
+    fn start(command: &mut Command, input: &str) -> Result<Pending> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                let name = program.rsplit('/').next().unwrap_or(&program).to_string();
+                format!("cannot run `{name}`: install the `{}` package (see `cargo xtask doctor`)", programs::package_of(&name))
+            })?;
+        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        Ok(Pending { program, child })
     }
-    Ok(())
+
+    fn finish(self) -> Result<()> {
+        let output = self.child.wait_with_output()?;
+        if !output.status.success() {
+            bail!("`{}` failed ({}): {}", self.program, output.status, String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
 }

@@ -49,6 +49,14 @@ pub struct NatRules {
     pub dind2: String,
 }
 
+impl NatRules {
+    /// The three rulesets, each made by `rules(network)` for one of [`docker_networks`].
+    pub fn from_fn(rules: impl Fn(&DockerNetwork) -> String) -> NatRules {
+        let [host, dind1, dind2] = docker_networks().map(|network| rules(&network));
+        NatRules { host, dind1, dind2 }
+    }
+}
+
 /// What a docker network publishes, in plain values (each exercise has its own types).
 pub struct DockerNetwork {
     pub bridge: &'static str,
@@ -75,8 +83,6 @@ pub fn docker_networks() -> [DockerNetwork; 3] {
 pub struct Story {
     pub world: World,
     server_log: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-    /// Print the server's log lines as they happen (for `repro` and `lab up`).
-    pub echo_log_to_stdout: bool,
 }
 
 impl Story {
@@ -84,9 +90,9 @@ impl Story {
     /// also prints each datagram it receives, like the article's server did.
     pub fn up(nat: &NatRules, print_log: bool) -> Result<Story> {
         let mut world = World::up(&story_world())?;
-        world.iptables_restore("host", &nat.host).context("loading the host's NAT rules")?;
-        world.iptables_restore("dind1", &nat.dind1).context("loading dind1's NAT rules")?;
-        world.iptables_restore("dind2", &nat.dind2).context("loading dind2's NAT rules")?;
+        world
+            .iptables_restore_all(&[("host", &nat.host), ("dind1", &nat.dind1), ("dind2", &nat.dind2)])
+            .context("loading the NAT rules")?;
         let (log_tx, server_log) = mpsc::channel();
         world.spawn_service("server", "echo-server", move || {
             let socket = solution_udp_echo::bind(SocketAddr::from(([0, 0, 0, 0], PORT)));
@@ -100,7 +106,7 @@ impl Story {
                 .await
             }
         })?;
-        Ok(Story { world, server_log, echo_log_to_stdout: print_log })
+        Ok(Story { world, server_log })
     }
 
     /// Start a userland proxy in `host`: `proxy(listener, backend)` gets a socket bound
