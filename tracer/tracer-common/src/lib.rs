@@ -1,0 +1,267 @@
+//! Types shared by the kernel side (`tracer-ebpf`) and the userspace side (`tracer`).
+//!
+//! Every struct here is `#[repr(C)]` and made only of integers and byte arrays, so both compilers
+//! lay it out the same way: the eBPF program writes an [`Event`] into the ring buffer and userspace
+//! reads the very same bytes back. There is exactly one definition of each type — never a
+//! hand-written mirror on the other side.
+//!
+//! Two kinds of data cross the kernel/user boundary:
+//! - [`Config`], written ONCE by userspace before the program is loaded (a read-only global, like
+//!   pwru's `const volatile` config). The verifier sees its values as constants, so branches on
+//!   them cost nothing and dead branches are removed.
+//! - [`Event`], written by the kernel side for every skb that passed the filter.
+#![no_std]
+
+/// How many tracepoints one program object can be attached to. Each "slot" is an identical copy
+/// of the same eBPF function (a program is loaded for exactly one attach target, so N targets need
+/// N programs). About 30 tracepoints take a `struct sk_buff *` on a 6.18 kernel.
+pub const MAX_SLOTS: usize = 64;
+
+/// "This argument does not exist" in a [`Slot`].
+pub const NO_ARG: u8 = 0xff;
+
+/// Where, in the running kernel's structs, the fields we read live. Computed in userspace from
+/// `/sys/kernel/btf/vmlinux` at start-up (never hard-coded: they change between kernel builds).
+/// All values are byte offsets from the start of the named struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `sk_buff.head`: start of the packet buffer (`unsigned char *`).
+    pub skb_head: u32,
+    /// `sk_buff.data`: start of the current layer's data (`unsigned char *`).
+    pub skb_data: u32,
+    /// `sk_buff.network_header`: offset of the IP header from `head` (`u16`, `0xffff` = unset).
+    pub skb_network_header: u32,
+    /// `sk_buff.protocol`: the ethertype, big-endian (`__be16`).
+    pub skb_protocol: u32,
+    /// `sk_buff.len`: bytes of data (`unsigned int`).
+    pub skb_len: u32,
+    /// `sk_buff.dev`: the device the skb is on (`struct net_device *`, may be NULL).
+    pub skb_dev: u32,
+    /// `sk_buff.sk`: the owning socket (`struct sock *`, may be NULL).
+    pub skb_sk: u32,
+    /// `net_device.ifindex` (`int`).
+    pub dev_ifindex: u32,
+    /// `net_device.name` (`char[16]`).
+    pub dev_name: u32,
+    /// `net_device.nd_net.net`: the device's network namespace (`struct net *`).
+    pub dev_net: u32,
+    /// `sock.__sk_common.skc_net.net`: the socket's network namespace (`struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum`: the namespace's inode number, as in `ls -l /proc/PID/ns/net`.
+    pub net_inum: u32,
+}
+
+/// How to read one tracepoint's arguments. Positions count from 0 and do NOT include the leading
+/// `void *` of the BTF typedef `btf_trace_<name>` (that one is the tracepoint's private data, not
+/// an argument the program sees).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Position of the `struct sk_buff *` argument.
+    pub skb_arg: u8,
+    /// Position of the `void *location` argument (kfree_skb, consume_skb), or [`NO_ARG`].
+    pub location_arg: u8,
+    /// Position of the `enum skb_drop_reason` argument (kfree_skb), or [`NO_ARG`].
+    pub reason_arg: u8,
+    /// [`SLOT_FREES_SKB`] and friends.
+    pub flags: u8,
+}
+
+impl Slot {
+    /// A slot that is not attached to anything.
+    pub const UNUSED: Slot = Slot {
+        skb_arg: NO_ARG,
+        location_arg: NO_ARG,
+        reason_arg: NO_ARG,
+        flags: 0,
+    };
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot::UNUSED
+    }
+}
+
+/// The skb dies at this tracepoint (kfree_skb, consume_skb): stop tracking its address.
+pub const SLOT_FREES_SKB: u8 = 1;
+
+/// An IPv4 or IPv6 address as 16 bytes. IPv4 uses the first 4 bytes, the rest are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addr {
+    /// 4 or 6; 0 = no address.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Network byte order, as on the wire.
+    pub bytes: [u8; 16],
+}
+
+/// Filter flag: only this netns inode ([`Filter::netns`]).
+pub const F_NETNS: u32 = 1 << 0;
+/// Filter flag: only this interface index ([`Filter::ifindex`]).
+pub const F_IFINDEX: u32 = 1 << 1;
+/// Filter flag: `src host` ([`Filter::src_addr`]).
+pub const F_SRC_HOST: u32 = 1 << 2;
+/// Filter flag: `dst host` ([`Filter::dst_addr`]).
+pub const F_DST_HOST: u32 = 1 << 3;
+/// Filter flag: `host` — source or destination ([`Filter::host_addr`]).
+pub const F_HOST: u32 = 1 << 4;
+/// Filter flag: `src port` ([`Filter::src_port`]).
+pub const F_SRC_PORT: u32 = 1 << 5;
+/// Filter flag: `dst port` ([`Filter::dst_port`]).
+pub const F_DST_PORT: u32 = 1 << 6;
+/// Filter flag: `port` — source or destination ([`Filter::port`]).
+pub const F_PORT: u32 = 1 << 7;
+
+/// The packet filter, evaluated in the kernel before anything is sent to userspace.
+/// It is a conjunction: an skb matches when every set part matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Which of the fields below are set (`F_*` bits).
+    pub flags: u32,
+    pub netns: u32,
+    pub ifindex: u32,
+    /// 4 (`ip`), 6 (`ip6`) or 0 (any).
+    pub l3: u8,
+    /// IP protocol number (17 `udp`, 6 `tcp`, 1 `icmp`, 58 `icmp6`) or 0 (any).
+    pub l4: u8,
+    pub _pad: [u8; 2],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub port: u16,
+    pub _pad2: u16,
+    pub src_addr: Addr,
+    pub dst_addr: Addr,
+    pub host_addr: Addr,
+}
+
+/// Everything the eBPF program needs to know, fixed at load time (global `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: Offsets,
+    pub filter: Filter,
+    /// Numeric value of `SKB_CONSUMED` in this kernel's `enum skb_drop_reason` (or `u32::MAX`).
+    /// kfree_skb events with this reason are not drops and are skipped.
+    pub consumed_reason: u32,
+    /// 1: keep following an skb's address once it matched (`--track-skb`).
+    pub track_skb: u8,
+    pub _pad: [u8; 3],
+    pub slots: [Slot; MAX_SLOTS],
+}
+
+impl Config {
+    /// All zero, all slots unused: the value compiled into the object file.
+    pub const ZERO: Config = Config {
+        offsets: Offsets {
+            skb_head: 0,
+            skb_data: 0,
+            skb_network_header: 0,
+            skb_protocol: 0,
+            skb_len: 0,
+            skb_dev: 0,
+            skb_sk: 0,
+            dev_ifindex: 0,
+            dev_name: 0,
+            dev_net: 0,
+            sk_net: 0,
+            net_inum: 0,
+        },
+        filter: Filter {
+            flags: 0,
+            netns: 0,
+            ifindex: 0,
+            l3: 0,
+            l4: 0,
+            _pad: [0; 2],
+            src_port: 0,
+            dst_port: 0,
+            port: 0,
+            _pad2: 0,
+            src_addr: Addr {
+                family: 0,
+                _pad: [0; 3],
+                bytes: [0; 16],
+            },
+            dst_addr: Addr {
+                family: 0,
+                _pad: [0; 3],
+                bytes: [0; 16],
+            },
+            host_addr: Addr {
+                family: 0,
+                _pad: [0; 3],
+                bytes: [0; 16],
+            },
+        },
+        consumed_reason: u32::MAX,
+        track_skb: 0,
+        _pad: [0; 3],
+        slots: [Slot::UNUSED; MAX_SLOTS],
+    };
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::ZERO
+    }
+}
+
+/// One traced skb at one tracepoint, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub mono_ns: u64,
+    /// The skb's kernel address: the same value at every tracepoint the skb passes.
+    pub skb: u64,
+    /// The freeing function's address (kfree_skb/consume_skb `location`), or 0.
+    pub location: u64,
+    /// The `enum skb_drop_reason` value (kfree_skb only), or 0.
+    pub reason: u32,
+    /// Network namespace inode (0 = unknown: no device and no socket).
+    pub netns: u32,
+    /// Interface index in that namespace (0 = no device).
+    pub ifindex: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// CPU the event happened on.
+    pub cpu: u32,
+    /// Index of the slot (tracepoint) that fired.
+    pub slot: u16,
+    /// 4, 6 or 0 (not IP / header not readable).
+    pub l3: u8,
+    /// IP protocol number (17 UDP, 6 TCP, 1 ICMP, 58 ICMPv6), 0 if unknown.
+    pub l4: u8,
+    /// Host byte order; 0 for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// ICMP/ICMPv6 type and code.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 10],
+    /// Network byte order; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// The device name, NUL-padded.
+    pub ifname: [u8; 16],
+}
+
+/// Index of the one counter in the `LOST` per-CPU array: events that did not fit in the ring
+/// buffer (userspace too slow). The tracer prints their sum at exit — events are never lost silently.
+pub const LOST_INDEX: u32 = 0;
+
+// The layouts are part of the contract between both sides: a size change must be deliberate.
+const _: () = assert!(core::mem::size_of::<Event>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 396);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
+    // implicit padding (every gap is an explicit `_pad` field), so any byte pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,24 @@
+//! Builds the eBPF crate (`tracer-ebpf`) for the `bpfel-unknown-none` target with the nightly
+//! toolchain and bpf-linker, and leaves the object in `OUT_DIR/tracer` for `include_bytes_aligned!`.
+//! Same approach as aya-template. Set `AYA_BUILD_SKIP=1` to skip it (then the binary cannot run).
+use anyhow::{anyhow, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let ebpf_dir = std::path::Path::new(&manifest_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("tracer/ has no parent directory"))?
+        .join("tracer-ebpf");
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "tracer-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

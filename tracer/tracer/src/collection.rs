@@ -1,0 +1,261 @@
+//! Collection: loading the eBPF object, attaching it, and reading events from the ring buffer.
+//!
+//! Nothing here formats output. The steps, in order:
+//! 1. [`check_privileges`]: loading BPF programs needs CAP_BPF + CAP_PERFMON (or root) in the
+//!    initial user namespace. Say so in one line instead of failing with EPERM later.
+//! 2. [`KernelInfo::load`]: read the running kernel's BTF once (offsets, drop reasons, tracepoints).
+//! 3. [`Tracer::load`]: write the [`Config`] global (offsets + filter + one [`Slot`] per
+//!    tracepoint), load one `tp_btf` program per tracepoint, attach it. The attachments are plain
+//!    file descriptors owned by this process — nothing is pinned — so they all disappear when the
+//!    [`Tracer`] is dropped or the process dies, even by SIGKILL.
+//! 4. [`Tracer::poll`]: wait for events and hand each one to a callback.
+//! 5. [`Tracer::lost`]: how many events did not fit in the ring buffer.
+
+use std::os::fd::AsRawFd as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, ProgramError};
+use aya::{Ebpf, EbpfLoader};
+use tracer_common::{Config, Event, Filter, LOST_INDEX, MAX_SLOTS};
+
+use crate::btf::{self, Btf, DropReasons, SkbTracepoint, VMLINUX_BTF};
+
+/// The compiled eBPF object (built by `build.rs` with aya-build).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The command line, ready to be pasted after `sudo -E`.
+fn rerun_hint() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    if args.is_empty() {
+        "sudo -E tracer …".into()
+    } else {
+        format!("sudo -E {}", args.join(" "))
+    }
+}
+
+/// Fails with one line that says what is missing and what to run, unless this process may load
+/// BPF programs: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in the INITIAL user namespace.
+pub fn check_privileges() -> Result<()> {
+    if !std::path::Path::new(VMLINUX_BTF).exists() {
+        bail!(
+            "{VMLINUX_BTF} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF=y), \
+             which the tracer needs for tp_btf programs and struct offsets; use a kernel with BTF \
+             (most distributions since 2020 ship it)"
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        bail!(
+            "loading eBPF programs needs root (or CAP_BPF + CAP_PERFMON); build as yourself, then run: {}",
+            rerun_hint()
+        );
+    }
+    // Capabilities inside a user namespace (`unshare -Ur`) do not count for BPF.
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let identity = uid_map
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .starts_with(&["0", "0", "4294967295"]);
+    if !uid_map.is_empty() && !identity {
+        bail!(
+            "this process runs in a user namespace, where eBPF is refused even to its root; run \
+             from the initial namespace: {}",
+            rerun_hint()
+        );
+    }
+    Ok(())
+}
+
+/// What the tracer reads from the running kernel's BTF, once.
+pub struct KernelInfo {
+    pub btf: Btf,
+    /// aya's own BTF, which its loader needs to resolve attach targets.
+    pub aya_btf: aya::Btf,
+    pub offsets: tracer_common::Offsets,
+    pub reasons: DropReasons,
+}
+
+impl KernelInfo {
+    /// Reads `/sys/kernel/btf/vmlinux` (≈100–200 ms: it describes ~100 000 types).
+    pub fn load() -> Result<KernelInfo> {
+        let btf = Btf::from_file(VMLINUX_BTF)?;
+        let offsets = btf::skb_offsets(&btf)?;
+        let reasons = btf::drop_reasons(&btf)?;
+        let aya_btf = aya::Btf::from_sys_fs().context("aya cannot parse the kernel's BTF")?;
+        Ok(KernelInfo {
+            btf,
+            aya_btf,
+            offsets,
+            reasons,
+        })
+    }
+}
+
+/// A loaded and attached tracer.
+pub struct Tracer {
+    /// Owns every program and link; dropping it detaches everything.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Tracepoint name per slot (index = `Event::slot`).
+    pub slot_names: Vec<String>,
+    /// Tracepoints that could not be attached, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// How long loading and attaching took.
+    pub attach_time: Duration,
+}
+
+/// Describes a loading error, with the verifier's log when there is one.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}; verifier log (end):\n{}", tail.join("\n"))
+        }
+        other => format!("{other}"),
+    }
+}
+
+impl Tracer {
+    /// Loads one program per tracepoint (at most [`MAX_SLOTS`]), configured with `filter`, and
+    /// attaches them. `track_skb`: keep following an skb address once it matched.
+    /// A tracepoint that fails to load or attach is skipped and listed in [`Tracer::skipped`];
+    /// it is an error only if none could be attached.
+    pub fn load(
+        kernel: &KernelInfo,
+        tracepoints: &[SkbTracepoint],
+        filter: Filter,
+        track_skb: bool,
+    ) -> Result<Tracer> {
+        let started = Instant::now();
+        if tracepoints.is_empty() {
+            bail!("no tracepoint to attach to");
+        }
+        let mut skipped = Vec::new();
+        let mut config = Config {
+            offsets: kernel.offsets,
+            filter,
+            consumed_reason: kernel.reasons.value_of("SKB_CONSUMED").unwrap_or(u32::MAX),
+            track_skb: track_skb as u8,
+            ..Config::ZERO
+        };
+        let mut slot_names = Vec::new();
+        for tp in tracepoints {
+            if slot_names.len() == MAX_SLOTS {
+                skipped.push((
+                    tp.name.clone(),
+                    format!("more than {MAX_SLOTS} tracepoints"),
+                ));
+                continue;
+            }
+            config.slots[slot_names.len()] = tp.slot;
+            slot_names.push(tp.name.clone());
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel.aya_btf))
+            .override_global("CONFIG", &config, true)
+            .load(EBPF_OBJECT)
+            .context("cannot load the tracer's eBPF object (maps, globals)")?;
+
+        let mut attached = 0;
+        for (i, name) in slot_names.iter().enumerate() {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(&format!("slot_{i}"))
+                .ok_or_else(|| anyhow!("program slot_{i} missing from the eBPF object"))?
+                .try_into()?;
+            let result = prog
+                .load(name, &kernel.aya_btf)
+                .and_then(|()| prog.attach().map(|_link| ()));
+            match result {
+                Ok(()) => attached += 1,
+                Err(e) => skipped.push((name.clone(), describe(&e))),
+            }
+        }
+        if attached == 0 {
+            let why = skipped
+                .first()
+                .map(|(n, e)| format!("{n}: {e}"))
+                .unwrap_or_default();
+            bail!("no tracepoint could be attached (first failure: {why})");
+        }
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("map EVENTS missing"))?,
+        )?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map("LOST")
+                .ok_or_else(|| anyhow!("map LOST missing"))?,
+        )?;
+        Ok(Tracer {
+            _ebpf: ebpf,
+            ring,
+            lost,
+            slot_names,
+            skipped,
+            attach_time: started.elapsed(),
+        })
+    }
+
+    /// Number of tracepoints attached.
+    pub fn attached(&self) -> usize {
+        self.slot_names.len()
+            - self
+                .skipped
+                .iter()
+                .filter(|(n, _)| self.slot_names.contains(n))
+                .count()
+    }
+
+    /// Waits up to `timeout` for events, then calls `on_event` for every event available.
+    /// Returns the number of events handled.
+    pub fn poll(&mut self, timeout: Duration, mut on_event: impl FnMut(&Event)) -> Result<usize> {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. EINTR (a signal such as Ctrl-C) just returns early.
+        unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<Event>() {
+                // SAFETY: the kernel side wrote exactly one `Event` (a Pod type) here.
+                let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                on_event(&ev);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Events the kernel side could not put in the ring buffer (summed over CPUs).
+    pub fn lost(&self) -> Result<u64> {
+        let values = self.lost.get(&LOST_INDEX, 0)?;
+        Ok(values.iter().sum())
+    }
+}

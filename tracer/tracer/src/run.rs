@@ -1,0 +1,226 @@
+//! The tracer's main loop, shared by the binary and the tests: load, attach, announce readiness,
+//! print events until stopped, report lost events.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use tracer_common::Filter;
+
+use crate::btf::{self, SkbTracepoint};
+use crate::collection::{KernelInfo, Tracer};
+use crate::explain;
+use crate::kallsyms::Kallsyms;
+use crate::nodes::{self, NodeNames};
+use crate::output::{self, Clock, Decoder, Mode, Record};
+
+/// Everything the command line decides.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub mode: Mode,
+    /// Already parsed and checked ([`crate::filter::parse`]).
+    pub filter: Filter,
+    pub track_skb: bool,
+    pub json: bool,
+    /// Created once every program is attached (like pwru's `--ready-file`).
+    pub ready_file: Option<PathBuf>,
+    pub duration: Option<Duration>,
+    /// Stop after this many events.
+    pub count: Option<u64>,
+    /// `drops`: explain NO_SOCKET drops of UDP datagrams from the namespace's conntrack table.
+    pub explain: bool,
+    pub netns_names: Option<PathBuf>,
+    /// `path`: only these tracepoints (default: every one with an skb argument).
+    pub tracepoints: Option<Vec<String>>,
+}
+
+impl RunOptions {
+    /// Defaults for a mode: no filter, human output, runs until stopped.
+    pub fn new(mode: Mode) -> RunOptions {
+        RunOptions {
+            mode,
+            filter: Filter::default(),
+            track_skb: false,
+            json: false,
+            ready_file: None,
+            duration: None,
+            count: None,
+            explain: false,
+            netns_names: None,
+            tracepoints: None,
+        }
+    }
+}
+
+/// What happened, for the final message.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub lost: u64,
+    pub attached: usize,
+    pub attach_time: Duration,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C (SIGINT) and SIGTERM set the returned flag instead of killing the process, so
+/// the tracer can detach cleanly and print its lost-event count.
+pub fn stop_on_signals() -> &'static AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing an async-signal-safe handler (one atomic store). No SA_RESTART: a
+        // blocking poll() returns EINTR at once.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    &STOP
+}
+
+/// Which tracepoints a mode attaches to.
+pub fn select_tracepoints(kernel: &KernelInfo, opts: &RunOptions) -> Result<Vec<SkbTracepoint>> {
+    Ok(match opts.mode {
+        Mode::Drops => vec![btf::kfree_skb_tracepoint(&kernel.btf)?],
+        Mode::Path => {
+            let all = btf::skb_tracepoints(&kernel.btf)?;
+            match &opts.tracepoints {
+                None => all,
+                Some(wanted) => {
+                    let mut out = Vec::new();
+                    for w in wanted {
+                        match all.iter().find(|t| &t.name == w) {
+                            Some(t) => out.push(t.clone()),
+                            None => bail!(
+                                "tracepoint {w:?} has no sk_buff argument in this kernel; \
+                                 candidates: {}",
+                                all.iter()
+                                    .map(|t| t.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }
+                    }
+                    out
+                }
+            }
+        }
+    })
+}
+
+/// Adds the `--explain` text to a NO_SOCKET UDP drop, or a note why it cannot.
+fn add_explanation(r: &mut Record) {
+    if r.reason.as_deref() != Some("SKB_DROP_REASON_NO_SOCKET") || r.proto != "udp" {
+        return;
+    }
+    let (Some(src), Some(dst), Some(sport), Some(dport)) = (r.src, r.dst, r.sport, r.dport) else {
+        return;
+    };
+    let dropped = explain::Flow {
+        src,
+        dst,
+        sport,
+        dport,
+    };
+    r.explain = Some(match explain::read_conntrack(r.netns) {
+        Ok(text) => explain::explain_no_socket(&dropped, &explain::parse_conntrack(&text))
+            .unwrap_or_else(|| {
+                format!(
+                    "no socket on {} and no conntrack entry expecting this datagram from another \
+                     address: nothing was listening there",
+                    match dst {
+                        std::net::IpAddr::V4(a) => format!("{a}:{dport}"),
+                        std::net::IpAddr::V6(a) => format!("[{a}]:{dport}"),
+                    }
+                )
+            }),
+        Err(e) => format!(
+            "cannot read the conntrack table of netns {}: {e:#}",
+            r.netns
+        ),
+    });
+}
+
+/// Runs the tracer until `stop` is set, `--duration` passed or `--count` events were printed.
+/// Events go to `out`; notes (skipped tracepoints) go to stderr.
+pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<Summary> {
+    let kernel = KernelInfo::load()?;
+    let tracepoints = select_tracepoints(&kernel, opts)?;
+    let mut tracer = Tracer::load(&kernel, &tracepoints, opts.filter, opts.track_skb)?;
+    for (name, why) in &tracer.skipped {
+        eprintln!("note: skipped tracepoint {name}: {why}");
+    }
+    let kallsyms = Kallsyms::load().unwrap_or_default();
+    let nodes = NodeNames::new(Some(nodes::registry_dir()), opts.netns_names.as_deref())?;
+    let mut decoder = Decoder {
+        slot_names: tracer.slot_names.clone(),
+        reasons: kernel.reasons.clone(),
+        kallsyms,
+        nodes: Some(nodes),
+        clock: Clock::now(),
+    };
+    let mut summary = Summary {
+        attached: tracer.attached(),
+        attach_time: tracer.attach_time,
+        ..Default::default()
+    };
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot create --ready-file {}", path.display()))?;
+    }
+    if !opts.json {
+        writeln!(out, "{}", output::header(opts.mode))?;
+    }
+    let started = Instant::now();
+    let mut write_error = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if opts.count.is_some_and(|c| summary.events >= c) {
+            break;
+        }
+        let mut timeout = Duration::from_millis(100);
+        if let Some(d) = opts.duration {
+            let left = d.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            timeout = timeout.min(left);
+        }
+        tracer.poll(timeout, |ev| {
+            if write_error.is_some() || opts.count.is_some_and(|c| summary.events >= c) {
+                return;
+            }
+            let mut record = decoder.decode(ev);
+            if opts.explain {
+                add_explanation(&mut record);
+            }
+            let line = if opts.json {
+                output::format_json(&record)
+            } else {
+                output::format_human(&record, opts.mode)
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                write_error = Some(e);
+            }
+            summary.events += 1;
+        })?;
+        if let Some(e) = write_error.take() {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break; // `tracer … | head`: the reader is gone, stop quietly.
+            }
+            return Err(e).context("cannot write output");
+        }
+        out.flush()?;
+    }
+    summary.lost = tracer.lost()?;
+    Ok(summary)
+}
