@@ -142,6 +142,12 @@ fn primitive(words: &[&str], mut i: usize, f: &mut Filter) -> Result<usize> {
             let what = *words.get(i).ok_or_else(|| {
                 anyhow!("`{first}` must be followed by `host ADDRESS` or `port NUMBER`")
             })?;
+            if what != "host" && what != "port" {
+                bail!(
+                    "unknown filter word {what:?}: expected one of udp, tcp, icmp, icmp6, ip, ip6, \
+                     [src|dst] host ADDRESS, [src|dst] port NUMBER"
+                );
+            }
             let value = *words.get(i + 1).ok_or_else(|| {
                 anyhow!("`{what}` needs a value, e.g. `{what} {}`", example(what))
             })?;
@@ -186,10 +192,7 @@ fn primitive(words: &[&str], mut i: usize, f: &mut Filter) -> Result<usize> {
                         }
                     }
                 }
-                _ => bail!(
-                    "unknown filter word {what:?}: expected one of udp, tcp, icmp, icmp6, ip, ip6, \
-                     [src|dst] host ADDRESS, [src|dst] port NUMBER"
-                ),
+                _ => unreachable!("checked above"),
             }
             i += 1;
         }
