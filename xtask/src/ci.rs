@@ -1,0 +1,117 @@
+//! `cargo xtask test` — THE test command (what `.ci/run` runs, what the README says).
+//!
+//! In order: `setup` (as root) → `cargo fmt --check` → `cargo clippy -D warnings` →
+//! the infrastructure crates' own tests → dev-check's honesty table → the rootless
+//! proof → `mdbook build` → the root network namespace unchanged. Every step and every
+//! check counts once in the closing `summary:` line; exit 0 only if nothing failed.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use course::Course;
+
+use crate::check_runner::Tally;
+use crate::cli::SetupArgs;
+use crate::devcheck::{print_step, step_ok};
+use crate::{devcheck, proc, rootless, setup, snapshot, style};
+
+fn count(tally: &mut Tally, name: &str, ok: bool) {
+    print_step(name, ok);
+    if ok {
+        tally.passed += 1;
+    } else {
+        tally.failed += 1;
+    }
+}
+
+fn heading(text: &str) {
+    println!();
+    println!("{}", style::bold(&format!("══ {text} ══")));
+}
+
+pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode> {
+    let before = snapshot::capture();
+    let mut tally = Tally::default();
+
+    if proc::is_root() {
+        heading("setup");
+        let ok = setup::setup(root, SetupArgs::default())? == ExitCode::SUCCESS;
+        count(&mut tally, "cargo xtask setup", ok);
+    }
+
+    heading("format and lints");
+    let ok = step_ok(
+        proc::cargo()
+            .current_dir(root)
+            .args(["fmt", "--all", "--", "--check"]),
+    );
+    count(&mut tally, "cargo fmt --all -- --check", ok);
+    let ok = step_ok(proc::cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    count(
+        &mut tally,
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        ok,
+    );
+
+    heading("unit tests of the course's own crates");
+    let mut cmd = proc::cargo();
+    cmd.current_dir(root).args(["test", "--workspace"]);
+    for ex in &course.exercises {
+        cmd.args([
+            "--exclude",
+            &ex.exercise_package(),
+            "--exclude",
+            &ex.solution_package(),
+        ]);
+    }
+    let ok = step_ok(&mut cmd);
+    count(
+        &mut tally,
+        "cargo test --workspace (without exercises and solutions)",
+        ok,
+    );
+
+    heading("dev-check: every check fails untouched and passes on the solution");
+    tally.add(devcheck::prove_checks(root, course, timeout)?);
+
+    heading("rootless proof");
+    tally.add(rootless::prove(root, course, timeout)?);
+
+    if root.join("book").join("book.toml").is_file() {
+        heading("the book");
+        let ok = step_ok(
+            std::process::Command::new("mdbook")
+                .current_dir(root)
+                .args(["build", "book"]),
+        );
+        if !ok && proc::which("mdbook").is_none() {
+            println!("  mdbook is not installed: cargo xtask setup (or cargo install mdbook --locked --version ^0.4)");
+        }
+        count(&mut tally, "mdbook build book", ok);
+    }
+
+    heading("the machine's root network namespace is untouched");
+    let after = snapshot::capture();
+    let changes = snapshot::diff(&before, &after);
+    for line in &changes {
+        println!("    {line}");
+    }
+    count(
+        &mut tally,
+        "root namespace: links, addresses, routes, netns, rules, processes unchanged",
+        changes.is_empty(),
+    );
+
+    println!();
+    println!("{}", tally.summary_line());
+    Ok(crate::exit(tally.failed == 0))
+}

@@ -1,0 +1,127 @@
+//! The command line, declared with clap's derive API: one enum variant per subcommand,
+//! one field per flag. `--help` output is generated from these doc comments.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The course's CLI. Start with `cargo xtask doctor`, then `cargo xtask watch`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every exercise with its state (not started / failing / done) and your progress.
+    List,
+    /// Build an exercise's checks and run each one against your code.
+    Check(CheckArgs),
+    /// Print an exercise's hint and the chapter that explains it.
+    Hint {
+        /// exercise-3, 3, 03 or udp-proxy
+        name: String,
+    },
+    /// Check the current exercise, then again on every save; Ctrl-C to quit.
+    Watch(TimeoutArg),
+    /// Put an exercise back as it was in git (your changes to it are lost).
+    Reset {
+        /// exercise-3, 3, 03 or udp-proxy
+        name: String,
+    },
+    /// Is this machine ready for the course? One line per requirement.
+    Doctor,
+    /// Install what the course needs (as root), or print the commands to do it.
+    Setup(SetupArgs),
+    /// Reproduce the story end to end with the reference solutions.
+    Repro {
+        /// Passed on to `cargo run -p lab -- repro`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the story's world: `lab up`, `lab exec dind2 -- cat /proc/net/nf_conntrack`.
+    Lab {
+        /// Passed on to `cargo run -p lab --`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// For course authors: every check fails untouched and passes on the solution; lints.
+    DevCheck(TimeoutArg),
+    /// What CI runs: lints, unit tests, dev-check, rootless proof, book, host untouched.
+    Test(TimeoutArg),
+    /// Time the world's up+down and a full `check --all --solution`.
+    Bench(TimeoutArg),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// exercise-3, 3, 03 or udp-proxy
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Check every exercise, in order.
+    #[arg(long)]
+    pub all: bool,
+    /// Run the checks against the reference solution instead of your code.
+    #[arg(long)]
+    pub solution: bool,
+    /// Count a SKIP as a failure (always so when CI=true).
+    #[arg(long)]
+    pub no_skip: bool,
+    #[command(flatten)]
+    pub timeout: TimeoutArg,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct TimeoutArg {
+    /// Time limit for each test, in seconds.
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
+    pub seconds: u64,
+}
+
+impl TimeoutArg {
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+}
+
+#[derive(Debug, Args, Clone, Copy, Default)]
+pub struct SetupArgs {
+    /// Only what the exercises need: skip the eBPF tracer's toolchain (nightly, bpf-linker, LLVM).
+    #[arg(long)]
+    pub only_course: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_takes_a_name_or_all() {
+        let cli = Cli::try_parse_from(["xtask", "check", "3", "--timeout", "5"]).unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(args.name.as_deref(), Some("3"));
+        assert_eq!(args.timeout.seconds, 5);
+        assert!(Cli::try_parse_from(["xtask", "check"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "check", "--all", "--solution"]).is_ok());
+    }
+
+    #[test]
+    fn lab_forwards_everything() {
+        let cli =
+            Cli::try_parse_from(["xtask", "lab", "exec", "dind2", "--", "cat", "-n"]).unwrap();
+        let Command::Lab { args } = cli.command else {
+            panic!("not lab")
+        };
+        assert_eq!(args, ["exec", "dind2", "--", "cat", "-n"]);
+    }
+}
