@@ -23,16 +23,13 @@ use crate::proc;
 pub enum Build {
     /// The test executable to run.
     Built(PathBuf),
-    /// It did not compile; `diagnostics` are the rendered compiler messages, and
-    /// `culprits` the packages the errors are in.
-    Failed {
-        diagnostics: Vec<String>,
-        culprits: Vec<String>,
-    },
+    /// It did not compile (the diagnostics were shown); `culprits` are the packages
+    /// the errors are in.
+    Failed { culprits: Vec<String> },
 }
 
 /// Build `package`'s check binary in the workspace at `root`. Cargo's own progress
-/// (`Compiling …`) goes to the terminal on stderr.
+/// (`Compiling …`) and the compiler's diagnostics go to the terminal on stderr.
 pub fn build_check(root: &Path, package: &str, color: bool) -> Result<Build> {
     let format = if color {
         "--message-format=json-diagnostic-rendered-ansi"
@@ -48,10 +45,16 @@ pub fn build_check(root: &Path, package: &str, color: bool) -> Result<Build> {
         .spawn()
         .context("cannot run cargo")?;
     let stdout = child.stdout.take().context("no stdout from cargo")?;
+    // Show each diagnostic as it arrives, as cargo itself would (on stderr).
     let messages: Vec<Value> = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str(&line).ok())
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .inspect(|message| {
+            if let Some(text) = message["message"]["rendered"].as_str() {
+                eprint!("{text}");
+            }
+        })
         .collect();
     let status = child.wait()?;
     interpret(&messages, status.success(), package)
@@ -59,20 +62,14 @@ pub fn build_check(root: &Path, package: &str, color: bool) -> Result<Build> {
 
 /// Make sense of cargo's JSON messages (separate from running cargo, to be testable).
 pub fn interpret(messages: &[Value], cargo_succeeded: bool, package: &str) -> Result<Build> {
-    let mut diagnostics = Vec::new();
     let mut culprits: Vec<String> = Vec::new();
     let mut executable = None;
     for message in messages {
         match message["reason"].as_str() {
-            Some("compiler-message") => {
-                if let Some(text) = message["message"]["rendered"].as_str() {
-                    diagnostics.push(text.to_string());
-                }
-                if message["message"]["level"] == "error" {
-                    let name = package_name(message["package_id"].as_str().unwrap_or(""));
-                    if !culprits.contains(&name) {
-                        culprits.push(name);
-                    }
+            Some("compiler-message") if message["message"]["level"] == "error" => {
+                let name = package_name(message["package_id"].as_str().unwrap_or(""));
+                if !culprits.contains(&name) {
+                    culprits.push(name);
                 }
             }
             Some("compiler-artifact")
@@ -89,10 +86,7 @@ pub fn interpret(messages: &[Value], cargo_succeeded: bool, package: &str) -> Re
             "cargo built {package} but produced no `check` test binary: \
              does {package} have tests/check.rs?"
         ),
-        (false, _) => Ok(Build::Failed {
-            diagnostics,
-            culprits,
-        }),
+        (false, _) => Ok(Build::Failed { culprits }),
     }
 }
 
@@ -141,14 +135,10 @@ mod tests {
             json!({"reason": "compiler-message", "package_id": "path+file:///w/exercises/01-udp-echo#exercise-udp-echo@0.1.0",
                    "message": {"level": "warning", "rendered": "warning: unused variable"}}),
         ];
-        let Build::Failed {
-            diagnostics,
-            culprits,
-        } = interpret(&messages, false, "exercise-udp-echo").unwrap()
+        let Build::Failed { culprits } = interpret(&messages, false, "exercise-udp-echo").unwrap()
         else {
             panic!("not failed")
         };
-        assert_eq!(diagnostics.len(), 2);
         assert_eq!(culprits, ["exercise-udp-echo"]);
     }
 

@@ -128,13 +128,7 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
     let mut report = Report::default();
     let executable = match cargo_build::build_check(root, &package, style::enabled())? {
         Build::Built(path) => path,
-        Build::Failed {
-            diagnostics,
-            culprits,
-        } => {
-            for text in &diagnostics {
-                eprint!("{text}");
-            }
+        Build::Failed { culprits, .. } => {
             let others: Vec<&String> = culprits.iter().filter(|c| **c != package).collect();
             if !others.is_empty() && !culprits.contains(&package) {
                 println!(
@@ -176,9 +170,15 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
         let verdict = run_one(&executable, &dir, &name, opts.timeout, root)?;
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
-            print_verdict(&name, &verdict, ex, opts);
+            print_verdict(&name, &verdict, opts);
         }
         report.results.push((name, verdict));
+    }
+    if opts.verbose && !opts.solution && report.tally.failed > 0 {
+        println!(
+            "  {}",
+            style::dim(&format!("hint: cargo xtask hint {}", ex.id))
+        );
     }
     Ok(report)
 }
@@ -223,19 +223,15 @@ pub fn run_one(
     Ok(outcome::classify(&run, name, root))
 }
 
-/// `  OK    name`, `  FAIL  name` (+ details and the hint command), `  SKIP  name (why)`.
-pub fn print_verdict(name: &str, verdict: &Verdict, ex: &Exercise, opts: Options) {
+/// `  OK    name`, `  FAIL  name` (+ details), `  SKIP  name (why)`.
+pub fn print_verdict(name: &str, verdict: &Verdict, opts: Options) {
     let indent = |lines: &[String]| {
         for line in lines {
-            println!("        {line}");
-        }
-    };
-    let hint = || {
-        if !opts.solution {
-            println!(
-                "        {}",
-                style::dim(&format!("hint: cargo xtask hint {}", ex.id))
-            );
+            if line.trim().is_empty() {
+                println!();
+            } else {
+                println!("        {line}");
+            }
         }
     };
     match verdict {
@@ -253,7 +249,6 @@ pub fn print_verdict(name: &str, verdict: &Verdict, ex: &Exercise, opts: Options
                 style::bold(function),
                 style::dim(&format!("(the todo!() at {location})"))
             );
-            hint();
         }
         Verdict::TimedOut { after, details } => {
             println!("  {}  {name}", style::red("FAIL"));
@@ -263,12 +258,10 @@ pub fn print_verdict(name: &str, verdict: &Verdict, ex: &Exercise, opts: Options
                  (more time: --timeout SECONDS)",
                 after.as_secs()
             );
-            hint();
         }
         Verdict::Fail { details } => {
             println!("  {}  {name}", style::red("FAIL"));
             indent(details);
-            hint();
         }
     }
 }

@@ -90,8 +90,33 @@ pub fn classify(run: &Captured, test_name: &str, root: &Path) -> Verdict {
 pub fn skipped_reason(output: &str) -> Option<String> {
     output
         .lines()
+        .map(without_libtest_prefix)
         .find_map(|line| line.trim_start().strip_prefix("SKIPPED: "))
         .map(|reason| reason.trim().to_string())
+}
+
+/// With `--nocapture`, libtest prints `test <name> ... ` and then whatever the test
+/// prints, on the same line: `test check::x ... SKIPPED: no root`. Drop that prefix.
+pub fn without_libtest_prefix(line: &str) -> &str {
+    match (line.starts_with("test "), line.find(" ... ")) {
+        (true, Some(at)) => &line[at + " ... ".len()..],
+        _ => line,
+    }
+}
+
+/// `exercises/01-x/tests/../../../checks/01-x.rs` → `checks/01-x.rs` (lexically).
+pub fn normalize_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            ".." if parts.last().is_some_and(|p| *p != ".." && !p.is_empty()) => {
+                parts.pop();
+            }
+            "." => {}
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 /// Where a panic happened: `file:line:col`.
@@ -115,13 +140,13 @@ pub fn panic_location(line: &str) -> Option<Location> {
     let mut parts = spot.trim().rsplitn(3, ':');
     let column = parts.next()?.parse().ok()?;
     let line = parts.next()?.parse().ok()?;
-    let file = parts.next()?.to_string();
+    let file = normalize_path(parts.next()?);
     Some(Location { file, line, column })
 }
 
 /// The location of the first `todo!()` panic (message `not yet implemented`) in the output.
 pub fn todo_location(output: &str) -> Option<Location> {
-    let lines: Vec<&str> = output.lines().collect();
+    let lines: Vec<&str> = output.lines().map(without_libtest_prefix).collect();
     lines.iter().enumerate().find_map(|(i, line)| {
         let location = panic_location(line)?;
         let old_style = line.contains("panicked at 'not yet implemented");
@@ -176,6 +201,7 @@ pub fn failure_text(output: &str, test_name: &str) -> Vec<String> {
     const MAX_LINES: usize = 60;
     let mut kept: Vec<String> = Vec::new();
     for line in output.lines() {
+        let line = without_libtest_prefix(line);
         let trimmed = line.trim();
         if let Some(location) = panic_location(line) {
             if line.trim_start().starts_with("thread '") {
@@ -193,6 +219,8 @@ pub fn failure_text(output: &str, test_name: &str) -> Vec<String> {
         let noise = trimmed.starts_with("running ")
             && (trimmed.ends_with(" test") || trimmed.ends_with(" tests"))
             || trimmed.starts_with(&format!("test {test_name} ..."))
+            || trimmed == "ok"
+            || trimmed == "FAILED"
             || trimmed == "failures:"
             || trimmed == "successes:"
             || trimmed == test_name
@@ -291,6 +319,24 @@ mod tests {
     }
 
     #[test]
+    fn nocapture_output_shares_a_line_with_libtest() {
+        assert_eq!(
+            skipped_reason("test check::x ... SKIPPED: no root\nok\n").as_deref(),
+            Some("no root")
+        );
+        let output = "test check::t ... thread 'check::t' (4) panicked at exercises/a/tests/../src/lib.rs:4:5:\nnot yet implemented\n";
+        assert_eq!(
+            todo_location(output).unwrap().file,
+            "exercises/a/src/lib.rs"
+        );
+        assert_eq!(
+            normalize_path("exercises/01-x/tests/../../../checks/01-x.rs"),
+            "checks/01-x.rs"
+        );
+        assert_eq!(normalize_path("/abs/./x.rs"), "/abs/x.rs");
+    }
+
+    #[test]
     fn todo_panics_are_found_in_any_thread() {
         let output = "running 1 test\n\
             thread 'echo' panicked at checks/01-udp-echo.rs:10:5:\nassertion failed\n\
@@ -376,11 +422,11 @@ fn other() {}
     #[test]
     fn failures_keep_only_the_tests_words() {
         let output = "\nrunning 1 test\n\
-            sent 5 bytes to 127.0.0.1:4000\n\
+            test echo::replies ... sent 5 bytes to 127.0.0.1:4000\n\
             thread 'echo::replies' panicked at checks/01-udp-echo.rs:40:5:\n\
             expected the reply to come from 127.0.0.1:4000, it came from 127.0.0.1:5000\n\
             note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n\
-            test echo::replies ... FAILED\n\nfailures:\n\nfailures:\n    echo::replies\n\n\
+            FAILED\n\nfailures:\n\nfailures:\n    echo::replies\n\n\
             test result: FAILED. 0 passed; 1 failed; 0 ignored\n\n";
         let run = captured(101, output);
         let Verdict::Fail { details } = classify(&run, "echo::replies", Path::new("/")) else {
