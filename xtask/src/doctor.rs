@@ -269,8 +269,10 @@ fn iptables() -> Item {
     let mut item = tool("iptables", "iptables", "Docker's NAT, exercise 3").essential();
     if item.level == Level::Ok {
         let version = proc::output_of(&item.detail, &["-V"]).unwrap_or_default();
-        let backend = iptables_backend(version.trim()).unwrap_or("unknown backend");
-        item.detail = format!("{} — {} ({backend})", item.detail, version.trim());
+        let version = version.trim();
+        let backend = iptables_backend(version).unwrap_or("unknown");
+        let number = version.split(' ').nth(1).unwrap_or("?");
+        item.detail = format!("{} — {number}, backend {backend}", item.detail);
     }
     item
 }
