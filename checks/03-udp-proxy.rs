@@ -129,6 +129,11 @@ fn your_proxy_keeps_one_upstream_socket_per_client() {
         let (source, _) = story
             .server_log(Duration::from_secs(2))
             .unwrap_or_else(|| panic!("the proxy should relay the datagram from 172.18.0.3:{local_port} to the server"));
+        assert_eq!(
+            source.ip().to_string(),
+            story::HOST_BRIDGE_ADDRESS,
+            "datagrams from the bridge must reach the server through the proxy (source 172.18.0.1), not the DNAT rule"
+        );
         upstream_ports.push(source.port());
     }
     assert_eq!(upstream_ports[0], upstream_ports[1], "the same client should be relayed through the same upstream socket (ports seen: {upstream_ports:?})");

@@ -20,7 +20,7 @@ pub type Problems = Vec<String>;
 /// Every check of this module, by name, in a stable order.
 pub fn all(root: &Path, course: &Course) -> Vec<(&'static str, Problems)> {
     vec![
-        ("ids are exercise-1..N in order", ids_in_order(course)),
+        ("ids are exercise-N, increasing, matching their folders", ids_in_order(course)),
         ("folders match course.toml", folders_match(root, course)),
         (
             "exercises and solutions mirror each other",
@@ -42,19 +42,25 @@ pub fn all(root: &Path, course: &Course) -> Vec<(&'static str, Problems)> {
     ]
 }
 
-/// Ids are `exercise-1` … `exercise-N` in file order; slugs are unique; each `dir` is
-/// `NN-<slug>` with NN its two-digit number.
+/// Ids are `exercise-N` with N increasing in file order (the story's step number, so a
+/// step not written yet leaves a gap); slugs are unique; each `dir` is `NN-<slug>` with NN
+/// the id's number on two digits.
 pub fn ids_in_order(course: &Course) -> Problems {
     let mut problems = Problems::new();
     let mut slugs = BTreeSet::new();
-    for (index, ex) in course.exercises.iter().enumerate() {
-        let n = index + 1;
-        if ex.id != format!("exercise-{n}") {
+    let mut previous = 0;
+    for ex in &course.exercises {
+        let Some(n) = ex.id.strip_prefix("exercise-").and_then(|n| n.parse::<u32>().ok()) else {
+            problems.push(format!("course.toml has id `{}`; ids are `exercise-N` with N a number", ex.id));
+            continue;
+        };
+        if n <= previous {
             problems.push(format!(
-                "entry #{n} of course.toml has id `{}`; it must be `exercise-{n}` (ids count from 1 in file order)",
+                "{} comes after exercise-{previous} in course.toml; ids must increase in file order",
                 ex.id
             ));
         }
+        previous = n;
         let dir = format!("{n:02}-{}", ex.slug);
         if ex.dir != dir {
             problems.push(format!(
@@ -549,11 +555,17 @@ hint = "h"
 
     #[test]
     fn ids_out_of_order_are_reported() {
-        let text = COURSE.replace("exercise-2", "exercise-7");
+        let text = COURSE.replace("exercise-2", "exercise-1");
         let course = Course::parse(&text).unwrap();
         let found = ids_in_order(&course);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].contains("must be `exercise-2`"));
+        assert!(found.iter().any(|p| p.contains("ids must increase in file order")), "{found:?}");
+    }
+
+    #[test]
+    fn a_gap_in_the_ids_is_fine_when_the_dir_follows_the_number() {
+        let text = COURSE.replace("exercise-2", "exercise-4").replace("02-world", "04-world");
+        let course = Course::parse(&text).unwrap();
+        assert_eq!(ids_in_order(&course), Problems::new());
     }
 
     #[test]

@@ -276,7 +276,10 @@ impl Topology {
     /// The plan as a shell script of `ip` commands with named namespaces — what a
     /// learner would type to build the same world by hand (as root, in a VM).
     pub fn to_shell(&self) -> String {
-        let mut script = String::from("# Build this world by hand (as root; `ip netns del NAME` removes it)\n");
+        let mut script = String::from(
+            "# Build this world by hand, as root, in a throwaway VM: unlike the course, named\n\
+             # namespaces stay until removed (`ip netns del NAME`, one per node).\n",
+        );
         for node in &self.nodes {
             script.push_str(&format!("ip netns add {}\n", node.name));
         }
