@@ -21,6 +21,8 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -192,6 +194,12 @@ const _: () = assert!(
 
 /// What every slot does. `#[inline(never)]` keeps one copy of the code in the object file: it
 /// becomes a BPF-to-BPF call, and the verifier still checks it with the caller's constant `slot`.
+///
+/// A note on speed of LOADING: the verifier walks every path through this function, and any
+/// loop (even the `memset`/`memcpy` the compiler emits to zero or copy a struct byte by byte) is
+/// walked once per iteration on every path. So the code below never zeroes or copies byte
+/// arrays: the event is zeroed with a few 8-byte stores, headers are read as whole words, and the
+/// event is copied into the ring buffer by the kernel (`bpf_ringbuf_output`).
 #[inline(never)]
 fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     let slot = (slot as usize) & (MAX_SLOTS - 1);
@@ -221,21 +229,21 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
         return 0;
     }
 
-    // `skb` itself is NOT copied into `ev` here: the verifier types it as a kernel pointer
-    // (PTR_TO_BTF_ID), and copying the event byte by byte would read parts of a spilled pointer,
-    // which it refuses. It is stored straight into the ring buffer below.
-    let mut ev = Event {
-        reason,
-        slot: slot as u16,
-        ..Default::default()
+    let mut buf = MaybeUninit::<Event>::uninit();
+    // SAFETY: `zero` initialises every byte of the event.
+    let ev = unsafe {
+        zero(buf.as_mut_ptr());
+        &mut *buf.as_mut_ptr()
     };
-    read_device(skb, &mut ev);
-    read_tuple(skb, &mut ev);
+    ev.reason = reason;
+    ev.slot = slot as u16;
+    read_device(skb, ev);
+    read_tuple(skb, ev);
 
     // --track-skb: an skb we already followed is reported even if NAT changed its tuple since.
     let tracked = track && unsafe { TRACKED.get(&skb) }.is_some();
     if !tracked {
-        if !matches(&ev) {
+        if !matches(ev) {
             return 0;
         }
         if track && !frees {
@@ -250,22 +258,29 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     if location_arg != NO_ARG {
         ev.location = arg(ctx, location_arg);
     }
+    ev.skb = skb;
     ev.mono_ns = unsafe { bpf_ktime_get_ns() };
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(ev);
-            // SAFETY: just initialised by `write`.
-            unsafe { (*entry.as_mut_ptr()).skb = skb };
-            entry.submit(0);
-        }
-        None => {
-            if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
-                unsafe { *lost += 1 };
-            }
+    if EVENTS.output::<Event>(&*ev, 0).is_err() {
+        if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
+            unsafe { *lost += 1 };
         }
     }
     0
+}
+
+/// Zeroes an [`Event`] with 8-byte stores (volatile, so the compiler keeps them as stores
+/// instead of turning them into a byte-by-byte `memset` loop).
+#[inline(always)]
+unsafe fn zero(ev: *mut Event) {
+    const WORDS: usize = core::mem::size_of::<Event>() / 8;
+    const _: () = assert!(core::mem::size_of::<Event>() % 8 == 0);
+    let p = ev as *mut u64;
+    macro_rules! z {
+        ($($i:literal)*) => { $( if $i < WORDS { unsafe { core::ptr::write_volatile(p.add($i), 0) } } )* };
+    }
+    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
+    const _: () = assert!(WORDS == 14, "update z!() to the new size of Event");
 }
 
 /// Fills interface index, name and network namespace inode from `skb->dev` (or, for an skb that
@@ -284,6 +299,19 @@ fn read_device(skb: u64, ev: &mut Event) {
     };
     ev.netns = read(net, config!(offsets.net_inum));
     ev.len = read(skb, config!(offsets.skb_len));
+}
+
+/// Writes 8 bytes at byte `at` (a multiple of 8) of a 16-byte address field.
+#[inline(always)]
+fn put_u64(field: &mut [u8; 16], at: usize, v: u64) {
+    // SAFETY: `saddr`/`daddr` sit at 8-aligned offsets of the 8-aligned Event; at is 0 or 8.
+    unsafe { core::ptr::write((field.as_mut_ptr().add(at)) as *mut u64, v) }
+}
+
+#[inline(always)]
+fn get_u64(field: &[u8; 16], at: usize) -> u64 {
+    // SAFETY: as in `put_u64`.
+    unsafe { core::ptr::read((field.as_ptr().add(at)) as *const u64) }
 }
 
 /// Finds the IP header and fills the tuple (addresses, protocol, ports or ICMP type/code).
@@ -308,46 +336,45 @@ fn read_tuple(skb: u64, ev: &mut Event) {
     let first: u8 = read(ip, 0);
     let version = first >> 4;
     // protocol 0 = not set yet (early on the output path): trust the version nibble alone.
-    let l4_at = match (ethertype, version) {
-        (0x0800 | 0, 4) => {
-            let mut hdr = [0u8; 20];
-            if unsafe { bpf_probe_read_kernel_buf(ip as *const u8, &mut hdr) }.is_err() {
-                return;
-            }
-            ev.l3 = 4;
-            ev.l4 = hdr[9];
-            ev.saddr[..4].copy_from_slice(&hdr[12..16]);
-            ev.daddr[..4].copy_from_slice(&hdr[16..20]);
-            let fragment_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-            if fragment_offset != 0 {
-                return; // a later fragment carries no L4 header
-            }
-            ip + ((first & 0x0f) as u64) * 4
+    let l4_at = if (ethertype == 0x0800 || ethertype == 0) && version == 4 {
+        // The IPv4 header as 5 words: [ver/ihl tos len] [id frag] [ttl proto csum] [src] [dst].
+        let Ok(w) = (unsafe { bpf_probe_read_kernel(ip as *const [u32; 5]) }) else {
+            return;
+        };
+        ev.l3 = 4;
+        ev.l4 = w[2].to_ne_bytes()[1];
+        put_u64(&mut ev.saddr, 0, w[3] as u64); // little-endian: bytes 0..4 = the address
+        put_u64(&mut ev.daddr, 0, w[4] as u64);
+        let frag = w[1].to_ne_bytes();
+        if u16::from_be_bytes([frag[2], frag[3]]) & 0x1fff != 0 {
+            return; // a later fragment carries no L4 header
         }
-        (0x86dd | 0, 6) => {
-            let mut hdr = [0u8; 40];
-            if unsafe { bpf_probe_read_kernel_buf(ip as *const u8, &mut hdr) }.is_err() {
-                return;
-            }
-            ev.l3 = 6;
-            // Extension headers are not followed: the tuple stays without ports then.
-            ev.l4 = hdr[6];
-            ev.saddr.copy_from_slice(&hdr[8..24]);
-            ev.daddr.copy_from_slice(&hdr[24..40]);
-            ip + 40
-        }
-        _ => return,
+        ip + ((first & 0x0f) as u64) * 4
+    } else if (ethertype == 0x86dd || ethertype == 0) && version == 6 {
+        // The IPv6 header as 5 words: [ver/class/flow len next-header hop-limit] [src] [dst].
+        let Ok(w) = (unsafe { bpf_probe_read_kernel(ip as *const [u64; 5]) }) else {
+            return;
+        };
+        ev.l3 = 6;
+        // Extension headers are not followed: the tuple stays without ports then.
+        ev.l4 = w[0].to_ne_bytes()[6];
+        put_u64(&mut ev.saddr, 0, w[1]);
+        put_u64(&mut ev.saddr, 8, w[2]);
+        put_u64(&mut ev.daddr, 0, w[3]);
+        put_u64(&mut ev.daddr, 8, w[4]);
+        ip + 40
+    } else {
+        return;
     };
+    let l4 = read::<u32>(l4_at, 0).to_ne_bytes();
     match ev.l4 {
         6 | 17 => {
-            let ports: [u8; 4] = read(l4_at, 0);
-            ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            ev.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            ev.dport = u16::from_be_bytes([l4[2], l4[3]]);
         }
         1 | 58 => {
-            let tc: [u8; 2] = read(l4_at, 0);
-            ev.icmp_type = tc[0];
-            ev.icmp_code = tc[1];
+            ev.icmp_type = l4[0];
+            ev.icmp_code = l4[1];
         }
         _ => {}
     }
@@ -371,17 +398,17 @@ fn matches(ev: &Event) -> bool {
     if l4 != 0 && ev.l4 != l4 {
         return false;
     }
-    if flags & F_SRC_HOST != 0 && !addr_eq(ev, &ev.saddr, config!(filter.src_addr)) {
+    if flags & F_SRC_HOST != 0 && !addr_eq(ev, &ev.saddr, &CONFIG.filter.src_addr) {
         return false;
     }
-    if flags & F_DST_HOST != 0 && !addr_eq(ev, &ev.daddr, config!(filter.dst_addr)) {
+    if flags & F_DST_HOST != 0 && !addr_eq(ev, &ev.daddr, &CONFIG.filter.dst_addr) {
         return false;
     }
-    if flags & F_HOST != 0 {
-        let host = config!(filter.host_addr);
-        if !addr_eq(ev, &ev.saddr, host) && !addr_eq(ev, &ev.daddr, host) {
-            return false;
-        }
+    if flags & F_HOST != 0
+        && !addr_eq(ev, &ev.saddr, &CONFIG.filter.host_addr)
+        && !addr_eq(ev, &ev.daddr, &CONFIG.filter.host_addr)
+    {
+        return false;
     }
     let has_ports = ev.l4 == 6 || ev.l4 == 17;
     if flags & (F_SRC_PORT | F_DST_PORT | F_PORT) != 0 && !has_ports {
@@ -402,9 +429,23 @@ fn matches(ev: &Event) -> bool {
     true
 }
 
+/// Compares an event address with a filter address (in `CONFIG`) as two 8-byte words.
 #[inline(always)]
-fn addr_eq(ev: &Event, got: &[u8; 16], want: Addr) -> bool {
-    ev.l3 == want.family && *got == want.bytes
+fn addr_eq(ev: &Event, got: &[u8; 16], want: &'static Addr) -> bool {
+    let family = unsafe { core::ptr::read_volatile(&want.family) };
+    // SAFETY: `bytes` is at offset 4 of `Addr`: read it as four volatile u32 words.
+    let w = want.bytes.as_ptr() as *const u32;
+    let (a, b, c, d) = unsafe {
+        (
+            core::ptr::read_volatile(w),
+            core::ptr::read_volatile(w.add(1)),
+            core::ptr::read_volatile(w.add(2)),
+            core::ptr::read_volatile(w.add(3)),
+        )
+    };
+    ev.l3 == family
+        && get_u64(got, 0) == ((b as u64) << 32 | a as u64)
+        && get_u64(got, 8) == ((d as u64) << 32 | c as u64)
 }
 
 #[cfg(not(test))]

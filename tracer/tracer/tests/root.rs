@@ -363,23 +363,25 @@ fn the_filter_runs_in_the_kernel() {
     hygienic(|| {
         let ns = Netns::new();
         let ino = inode_arg(&ns);
-        // Only port 4005 may come through; 4004 is dropped too but filtered out in the kernel.
+        // Three datagrams are dropped (NO_SOCKET); only one matches, the others are filtered
+        // out in the kernel, never sent to userspace.
         let t = Tracer::start(&[
             "drops",
             "--netns",
             &ino,
             "--count",
-            "1",
+            "2",
             "--duration",
-            "20",
-            "dst",
-            "port",
-            "4005",
+            "5",
+            "dst host 127.0.0.3 and dst port 4005",
         ]);
         ns.send_udp("127.0.0.1:4004");
         ns.send_udp("127.0.0.1:4005");
+        ns.send_udp("127.0.0.3:4004");
+        ns.send_udp("127.0.0.3:4005");
         let (events, err) = t.finish();
         assert_eq!(events.len(), 1, "stderr: {err}");
+        assert_eq!(events[0]["dst"], "127.0.0.3");
         assert_eq!(events[0]["dport"], 4005);
     });
 }
