@@ -237,13 +237,17 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     };
     ev.reason = reason;
     ev.slot = slot as u16;
-    read_device(skb, ev);
-    read_tuple(skb, ev);
-
     // --track-skb: an skb we already followed is reported even if NAT changed its tuple since.
     let tracked = track && unsafe { TRACKED.get(&skb) }.is_some();
+
+    // Filter as early as possible: namespace and interface first (cheap), then the tuple.
+    read_device(skb, ev);
+    if !tracked && !matches_device(ev) {
+        return 0;
+    }
+    read_tuple(skb, ev);
     if !tracked {
-        if !matches(ev) {
+        if !matches_tuple(ev) {
             return 0;
         }
         if track && !frees {
@@ -380,9 +384,9 @@ fn read_tuple(skb: u64, ev: &mut Event) {
     }
 }
 
-/// The in-kernel filter: every part that is set must match.
+/// The in-kernel filter, first part: namespace and interface.
 #[inline(always)]
-fn matches(ev: &Event) -> bool {
+fn matches_device(ev: &Event) -> bool {
     let flags = config!(filter.flags);
     if flags & F_NETNS != 0 && ev.netns != config!(filter.netns) {
         return false;
@@ -390,6 +394,14 @@ fn matches(ev: &Event) -> bool {
     if flags & F_IFINDEX != 0 && ev.ifindex != config!(filter.ifindex) {
         return false;
     }
+    true
+}
+
+/// The in-kernel filter, second part: protocol, addresses, ports. Every part that is set must
+/// match.
+#[inline(always)]
+fn matches_tuple(ev: &Event) -> bool {
+    let flags = config!(filter.flags);
     let l3 = config!(filter.l3);
     if l3 != 0 && ev.l3 != l3 {
         return false;

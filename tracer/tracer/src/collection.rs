@@ -115,6 +115,7 @@ pub struct Tracer {
     pub skipped: Vec<(String, String)>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
+    attached: usize,
 }
 
 /// Describes a loading error, with the verifier's log when there is one.
@@ -212,17 +213,13 @@ impl Tracer {
             slot_names,
             skipped,
             attach_time: started.elapsed(),
+            attached,
         })
     }
 
     /// Number of tracepoints attached.
     pub fn attached(&self) -> usize {
-        self.slot_names.len()
-            - self
-                .skipped
-                .iter()
-                .filter(|(n, _)| self.slot_names.contains(n))
-                .count()
+        self.attached
     }
 
     /// Waits up to `timeout` for events, then calls `on_event` for every event available.
