@@ -134,6 +134,22 @@ fn describe(e: &ProgramError) -> String {
     }
 }
 
+/// The name of the program for slot `i` in the tracer's own object: `slot_0` … `slot_63`.
+pub fn program_name(i: usize) -> String {
+    format!("slot_{i}")
+}
+
+/// How to load the tracer, besides which tracepoints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Evaluated in the kernel before anything is sent to userspace.
+    pub filter: Filter,
+    /// Keep following an skb address once it matched the filter (`--track-skb`).
+    pub track_skb: bool,
+    /// Ring buffer size in bytes (a power of two, at least one page); 0 = the default 4 MiB.
+    pub ring_bytes: u32,
+}
+
 impl Tracer {
     /// Loads one program per tracepoint (at most [`MAX_SLOTS`]), configured with `filter`, and
     /// attaches them. `track_skb`: keep following an skb address once it matched.
@@ -145,6 +161,56 @@ impl Tracer {
         filter: Filter,
         track_skb: bool,
     ) -> Result<Tracer> {
+        let options = LoadOptions {
+            filter,
+            track_skb,
+            ..Default::default()
+        };
+        Tracer::load_with(kernel, tracepoints, &options)
+    }
+
+    /// [`Tracer::load`] with every option.
+    pub fn load_with(
+        kernel: &KernelInfo,
+        tracepoints: &[SkbTracepoint],
+        options: &LoadOptions,
+    ) -> Result<Tracer> {
+        Tracer::load_object_with(kernel, EBPF_OBJECT, tracepoints, options, program_name)
+    }
+
+    /// Loads ANOTHER eBPF object that follows the same contract as the tracer's own (a course
+    /// exercise's kernel side): a `CONFIG` global of type [`Config`], an `EVENTS` ring buffer of
+    /// [`Event`]s, a `LOST` per-CPU array, and one `tp_btf` program per tracepoint, named by
+    /// `program_name(slot index)`.
+    pub fn load_object(
+        kernel: &KernelInfo,
+        object: &[u8],
+        tracepoints: &[SkbTracepoint],
+        filter: Filter,
+        track_skb: bool,
+        program_name: impl Fn(usize) -> String,
+    ) -> Result<Tracer> {
+        let options = LoadOptions {
+            filter,
+            track_skb,
+            ..Default::default()
+        };
+        Tracer::load_object_with(kernel, object, tracepoints, &options, program_name)
+    }
+
+    /// The general form of every `load*` function.
+    pub fn load_object_with(
+        kernel: &KernelInfo,
+        object: &[u8],
+        tracepoints: &[SkbTracepoint],
+        options: &LoadOptions,
+        program_name: impl Fn(usize) -> String,
+    ) -> Result<Tracer> {
+        let LoadOptions {
+            filter,
+            track_skb,
+            ring_bytes,
+        } = *options;
         let started = Instant::now();
         if tracepoints.is_empty() {
             bail!("no tracepoint to attach to");
@@ -170,17 +236,26 @@ impl Tracer {
             slot_names.push(tp.name.clone());
         }
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&kernel.aya_btf))
-            .override_global("CONFIG", &config, true)
-            .load(EBPF_OBJECT)
+            .override_global("CONFIG", &config, true);
+        if ring_bytes != 0 {
+            if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+                bail!("the ring buffer size must be a power of two of at least 4096 bytes");
+            }
+            loader.map_max_entries("EVENTS", ring_bytes);
+        }
+        let mut ebpf = loader
+            .load(object)
             .context("cannot load the tracer's eBPF object (maps, globals)")?;
 
         let mut attached = 0;
         for (i, name) in slot_names.iter().enumerate() {
+            let program = program_name(i);
             let prog: &mut BtfTracePoint = ebpf
-                .program_mut(&format!("slot_{i}"))
-                .ok_or_else(|| anyhow!("program slot_{i} missing from the eBPF object"))?
+                .program_mut(&program)
+                .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
                 .try_into()?;
             let result = prog
                 .load(name, &kernel.aya_btf)

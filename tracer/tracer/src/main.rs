@@ -68,6 +68,9 @@ struct Common {
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Ring buffer size in KiB, a power of two (default 4096). A tiny one shows lost events.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    ring_kib: u32,
     /// Node names for netns inodes: a JSON file {"pid": N, "nodes": {"NAME": INODE, ...}}.
     #[arg(long)]
     netns_names: Option<PathBuf>,
@@ -82,6 +85,7 @@ fn options(mode: Mode, c: Common) -> anyhow::Result<RunOptions> {
     o.ready_file = c.ready_file;
     o.duration = c.duration.map(Duration::from_secs_f64);
     o.count = c.count;
+    o.ring_kib = c.ring_kib;
     o.netns_names = c.netns_names;
     Ok(o)
 }

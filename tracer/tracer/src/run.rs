@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use tracer_common::Filter;
 
 use crate::btf::{self, SkbTracepoint};
-use crate::collection::{KernelInfo, Tracer};
+use crate::collection::{KernelInfo, LoadOptions, Tracer};
 use crate::explain;
 use crate::kallsyms::Kallsyms;
 use crate::nodes::{self, NodeNames};
@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub netns_names: Option<PathBuf>,
     /// `path`: only these tracepoints (default: every one with an skb argument).
     pub tracepoints: Option<Vec<String>>,
+    /// Ring buffer size in KiB (0 = default 4 MiB). Small values demonstrate lost events.
+    pub ring_kib: u32,
 }
 
 impl RunOptions {
@@ -50,6 +52,7 @@ impl RunOptions {
             explain: false,
             netns_names: None,
             tracepoints: None,
+            ring_kib: 0,
         }
     }
 }
@@ -153,7 +156,12 @@ fn add_explanation(r: &mut Record) {
 pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<Summary> {
     let kernel = KernelInfo::load()?;
     let tracepoints = select_tracepoints(&kernel, opts)?;
-    let mut tracer = Tracer::load(&kernel, &tracepoints, opts.filter, opts.track_skb)?;
+    let load = LoadOptions {
+        filter: opts.filter,
+        track_skb: opts.track_skb,
+        ring_bytes: opts.ring_kib.saturating_mul(1024),
+    };
+    let mut tracer = Tracer::load_with(&kernel, &tracepoints, &load)?;
     for (name, why) in &tracer.skipped {
         eprintln!("note: skipped tracepoint {name}: {why}");
     }
