@@ -20,7 +20,10 @@ pub type Problems = Vec<String>;
 /// Every check of this module, by name, in a stable order.
 pub fn all(root: &Path, course: &Course) -> Vec<(&'static str, Problems)> {
     vec![
-        ("ids are exercise-N, increasing, matching their folders", ids_in_order(course)),
+        (
+            "ids are exercise-N, increasing, matching their folders",
+            ids_in_order(course),
+        ),
         ("folders match course.toml", folders_match(root, course)),
         (
             "exercises and solutions mirror each other",
@@ -50,8 +53,15 @@ pub fn ids_in_order(course: &Course) -> Problems {
     let mut slugs = BTreeSet::new();
     let mut previous = 0;
     for ex in &course.exercises {
-        let Some(n) = ex.id.strip_prefix("exercise-").and_then(|n| n.parse::<u32>().ok()) else {
-            problems.push(format!("course.toml has id `{}`; ids are `exercise-N` with N a number", ex.id));
+        let Some(n) = ex
+            .id
+            .strip_prefix("exercise-")
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            problems.push(format!(
+                "course.toml has id `{}`; ids are `exercise-N` with N a number",
+                ex.id
+            ));
             continue;
         };
         if n <= previous {
@@ -558,12 +568,19 @@ hint = "h"
         let text = COURSE.replace("exercise-2", "exercise-1");
         let course = Course::parse(&text).unwrap();
         let found = ids_in_order(&course);
-        assert!(found.iter().any(|p| p.contains("ids must increase in file order")), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("ids must increase in file order")),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn a_gap_in_the_ids_is_fine_when_the_dir_follows_the_number() {
-        let text = COURSE.replace("exercise-2", "exercise-4").replace("02-world", "04-world");
+        let text = COURSE
+            .replace("exercise-2", "exercise-4")
+            .replace("02-world", "04-world");
         let course = Course::parse(&text).unwrap();
         assert_eq!(ids_in_order(&course), Problems::new());
     }

@@ -90,9 +90,9 @@ impl Course {
     /// the valid names, so a typo is one glance away from its fix.
     pub fn find(&self, name: &str) -> Result<&Exercise> {
         let wanted = name.trim();
-        let by_number = wanted.parse::<usize>().ok();
-        let found = self.exercises.iter().enumerate().find(|(index, ex)| {
-            by_number == Some(index + 1)
+        let by_number = wanted.parse::<u32>().ok();
+        let found = self.exercises.iter().enumerate().find(|(_, ex)| {
+            (by_number.is_some() && by_number == ex.number())
                 || ex.id == wanted
                 || ex.slug == wanted
                 || ex.dir == wanted
@@ -108,26 +108,25 @@ impl Course {
         }
     }
 
-    /// The exercise's position, counting from 1.
-    pub fn number_of(&self, exercise: &Exercise) -> usize {
-        self.exercises
-            .iter()
-            .position(|e| e.id == exercise.id)
-            .map_or(0, |i| i + 1)
-    }
-
     /// One line per exercise: `  exercise-3 | 3 | udp-proxy   Docker's NAT and …`.
     pub fn name_table(&self) -> String {
         self.exercises
             .iter()
-            .enumerate()
-            .map(|(i, ex)| format!("  {} | {} | {}   {}", ex.id, i + 1, ex.slug, ex.title))
+            .map(|ex| {
+                let number = ex.number().map_or("?".to_string(), |n| n.to_string());
+                format!("  {} | {number} | {}   {}", ex.id, ex.slug, ex.title)
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
 }
 
 impl Exercise {
+    /// N of `exercise-N` (ids may skip numbers; the number is what learners type).
+    pub fn number(&self) -> Option<u32> {
+        self.id.strip_prefix("exercise-")?.parse().ok()
+    }
+
     /// The learner's package: `exercise-<slug>`.
     pub fn exercise_package(&self) -> String {
         format!("exercise-{}", self.slug)
@@ -286,7 +285,15 @@ hint = "send_to"
     fn needs_root_defaults_to_false(course: Course) {
         let flags: Vec<bool> = course.exercises.iter().map(|e| e.needs_root).collect();
         assert_eq!(flags, [false, false, true]);
-        assert_eq!(course.number_of(&course.exercises[1]), 2);
+    }
+
+    #[test]
+    fn numbers_come_from_the_id_even_with_a_gap() {
+        let course = Course::parse(&SAMPLE.replace("exercise-3", "exercise-5")).unwrap();
+        assert_eq!(course.find("5").unwrap().slug, "udp-proxy");
+        assert_eq!(course.find("05").unwrap().slug, "udp-proxy");
+        assert!(course.find("4").is_err());
+        assert!(course.find("3").is_err());
     }
 
     #[test]
