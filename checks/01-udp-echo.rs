@@ -65,21 +65,35 @@ fn echo_lab() -> EchoLab {
                 .await
             }
         })
-        .expect("your echo server should start: bind() must return a socket bound to 127.0.0.1:4000");
+        .expect(
+            "your echo server should start: bind() must return a socket bound to 127.0.0.1:4000",
+        );
     EchoLab { world, log }
 }
 
 #[rstest]
 #[timeout(Duration::from_secs(20))]
 fn echoes_a_datagram_and_logs_its_source(echo_lab: EchoLab) {
-    let outcome = echo_lab.ask(STORY_CLIENT, SERVER, b"where did my packet go?", Duration::from_secs(5));
+    let outcome = echo_lab.ask(
+        STORY_CLIENT,
+        SERVER,
+        b"where did my packet go?",
+        Duration::from_secs(5),
+    );
     assert_eq!(
         outcome,
-        Outcome::Reply { from: addr(SERVER), payload: b"where did my packet go?".to_vec() },
+        Outcome::Reply {
+            from: addr(SERVER),
+            payload: b"where did my packet go?".to_vec()
+        },
         "the client should get its own bytes back, from the server's address"
     );
     let (source, payload) = echo_lab.next_log_entry();
-    assert_eq!(source, addr(STORY_CLIENT), "the server should log the client's address and fixed port 34320");
+    assert_eq!(
+        source,
+        addr(STORY_CLIENT),
+        "the server should log the client's address and fixed port 34320"
+    );
     assert_eq!(payload, b"where did my packet go?");
 }
 
@@ -100,7 +114,11 @@ fn a_payload_of_any_size_comes_back_intact(echo_lab: EchoLab, #[case] size: usiz
         ),
         other => panic!("sent {size} bytes and expected them back, got {other:?}"),
     }
-    assert_eq!(echo_lab.next_log_entry().1.len(), size, "the server's log should see all {size} bytes");
+    assert_eq!(
+        echo_lab.next_log_entry().1.len(),
+        size,
+        "the server's log should see all {size} bytes"
+    );
 }
 
 #[rstest]
@@ -113,31 +131,57 @@ fn many_clients_each_get_their_own_answer(echo_lab: EchoLab) {
             clients.spawn(async move {
                 let payload = format!("client {n}").into_bytes();
                 let local = addr(&format!("127.0.0.1:{}", 40_000 + n));
-                (n, ask(local, addr(SERVER), &payload, Duration::from_secs(5)).await)
+                (
+                    n,
+                    ask(local, addr(SERVER), &payload, Duration::from_secs(5)).await,
+                )
             });
         }
         clients.join_all().await
     });
     for (n, outcome) in outcomes {
-        let expected = Outcome::Reply { from: addr(SERVER), payload: format!("client {n}").into_bytes() };
-        assert_eq!(outcome.expect("ask() should not fail"), expected, "client {n} should get its own payload back");
+        let expected = Outcome::Reply {
+            from: addr(SERVER),
+            payload: format!("client {n}").into_bytes(),
+        };
+        assert_eq!(
+            outcome.expect("ask() should not fail"),
+            expected,
+            "client {n} should get its own payload back"
+        );
     }
-    let mut sources: Vec<u16> = (0..CLIENTS).map(|_| echo_lab.next_log_entry().0.port()).collect();
+    let mut sources: Vec<u16> = (0..CLIENTS)
+        .map(|_| echo_lab.next_log_entry().0.port())
+        .collect();
     sources.sort();
-    assert_eq!(sources, (40_000..40_000 + CLIENTS).collect::<Vec<_>>(), "the log should show each client's own port");
+    assert_eq!(
+        sources,
+        (40_000..40_000 + CLIENTS).collect::<Vec<_>>(),
+        "the log should show each client's own port"
+    );
 }
 
 #[rstest]
 #[timeout(Duration::from_secs(20))]
 fn no_reply_is_an_outcome_reported_after_the_timeout(echo_lab: EchoLab) {
     // A server that receives but never answers: a socket nobody reads.
-    let silent = echo_lab.world.node("box").unwrap().run(|| std::net::UdpSocket::bind("127.0.0.1:4001")).unwrap();
+    let silent = echo_lab
+        .world
+        .node("box")
+        .unwrap()
+        .run(|| std::net::UdpSocket::bind("127.0.0.1:4001"))
+        .unwrap();
     let timeout = Duration::from_millis(300);
     match echo_lab.ask(STORY_CLIENT, "127.0.0.1:4001", b"anyone?", timeout) {
         Outcome::NoReply { waited } => {
-            assert!(waited >= timeout, "NoReply after {waited:?}: the client should wait the whole {timeout:?}")
+            assert!(
+                waited >= timeout,
+                "NoReply after {waited:?}: the client should wait the whole {timeout:?}"
+            )
         }
-        other => panic!("nobody answers on 127.0.0.1:4001, so the outcome should be NoReply, got {other:?}"),
+        other => panic!(
+            "nobody answers on 127.0.0.1:4001, so the outcome should be NoReply, got {other:?}"
+        ),
     }
     drop(silent);
 }

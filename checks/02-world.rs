@@ -19,15 +19,27 @@ const NODES: [&str; 6] = ["host", "dind1", "dind2", "server", "client", "peer"];
 #[fixture]
 fn world() -> World {
     netlab::require_sandbox();
-    World::up(&story_world()).unwrap_or_else(|error| panic!("your topology could not be built: {error:#}"))
+    World::up(&story_world())
+        .unwrap_or_else(|error| panic!("your topology could not be built: {error:#}"))
 }
 
 /// The IPv4 addresses the kernel reports for a node, as `address/prefix`.
 fn addresses_of(world: &World, node: &str) -> Vec<String> {
-    let output = world.node(node).unwrap().command("ip").args(["-4", "-o", "addr", "show"]).output().expect("running ip");
+    let output = world
+        .node(node)
+        .unwrap()
+        .command("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("running ip");
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|line| line.split_whitespace().skip_while(|w| *w != "inet").nth(1).map(str::to_string))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -39,13 +51,25 @@ fn every_node_is_a_namespace_of_its_own(world: World) {
     names.sort();
     let mut expected = NODES.to_vec();
     expected.sort();
-    assert_eq!(names, expected, "the world should have exactly the story's six nodes");
+    assert_eq!(
+        names, expected,
+        "the world should have exactly the story's six nodes"
+    );
     let mut inodes: Vec<u64> = world.nodes().iter().map(|n| n.inode()).collect();
     inodes.sort();
     inodes.dedup();
-    assert_eq!(inodes.len(), 6, "each node should be a network namespace of its own");
+    assert_eq!(
+        inodes.len(),
+        6,
+        "each node should be a network namespace of its own"
+    );
     for node in world.nodes() {
-        assert_ne!(node.inode(), sandbox.original_netns, "{} must not be the machine's root namespace", node.name);
+        assert_ne!(
+            node.inode(),
+            sandbox.original_netns,
+            "{} must not be the machine's root namespace",
+            node.name
+        );
     }
 }
 
@@ -63,22 +87,36 @@ fn every_node_has_the_story_addresses(world: World, #[case] node: &str, #[case] 
     found.sort();
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();
-    assert_eq!(found, expected, "the IPv4 addresses of {node}, as the kernel reports them");
+    assert_eq!(
+        found, expected,
+        "the IPv4 addresses of {node}, as the kernel reports them"
+    );
 }
 
 /// Send one datagram from `from` to `to_address`:7777, received by a socket in `to`.
 /// Returns the source address the receiver saw, or None if nothing arrived.
 fn probe(world: &World, from: &str, to: &str, to_address: &str) -> Option<String> {
     let target = format!("{to_address}:7777");
-    let receiver = world.node(to).unwrap().run(|| UdpSocket::bind(&target)).unwrap_or_else(|e| {
-        panic!("cannot bind {target} in {to} ({e}): {to} should own the address {to_address}")
-    });
-    receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    world.node(from).unwrap().run(|| UdpSocket::bind("0.0.0.0:0")?.send_to(b"probe", &target)).unwrap_or_else(|e| {
-        panic!("{from} cannot send to {target}: {e} (is there a route?)")
-    });
+    let receiver = world
+        .node(to)
+        .unwrap()
+        .run(|| UdpSocket::bind(&target))
+        .unwrap_or_else(|e| {
+            panic!("cannot bind {target} in {to} ({e}): {to} should own the address {to_address}")
+        });
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    world
+        .node(from)
+        .unwrap()
+        .run(|| UdpSocket::bind("0.0.0.0:0")?.send_to(b"probe", &target))
+        .unwrap_or_else(|e| panic!("{from} cannot send to {target}: {e} (is there a route?)"));
     let mut buffer = [0u8; 16];
-    receiver.recv_from(&mut buffer).ok().map(|(_, source)| source.ip().to_string())
+    receiver
+        .recv_from(&mut buffer)
+        .ok()
+        .map(|(_, source)| source.ip().to_string())
 }
 
 #[rstest]
@@ -115,7 +153,16 @@ fn the_world_leaves_the_namespace_it_was_built_from_untouched(world: World) {
     // Built from inside the sandbox, the world must not have put a single interface in
     // the namespace this process runs in: every interface lives in a node.
     let own = std::fs::read_to_string("/proc/self/net/dev").unwrap();
-    let interfaces: Vec<&str> = own.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
-    assert_eq!(interfaces, ["lo"], "the sandbox's own namespace should only have lo");
+    let interfaces: Vec<&str> = own
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        interfaces,
+        ["lo"],
+        "the sandbox's own namespace should only have lo"
+    );
     assert!(!world.nodes().is_empty());
 }

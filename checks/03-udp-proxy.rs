@@ -29,7 +29,11 @@ fn your_nat_rules() -> story::NatRules {
         let published: Vec<Publish> = network
             .published
             .iter()
-            .map(|&(protocol, host_port, container)| Publish { protocol, host_port, container })
+            .map(|&(protocol, host_port, container)| Publish {
+                protocol,
+                host_port,
+                container,
+            })
             .collect();
         docker_nat_rules(network.bridge, network.subnet, &published)
     })
@@ -43,12 +47,17 @@ fn story_with(proxy: Proxy) -> Story {
         })),
         Proxy::Yours => None,
     };
-    let mut story = Story::up(&your_nat_rules(), false).unwrap_or_else(|e| panic!("the story's world with your NAT rules: {e:#}"));
+    let mut story = Story::up(&your_nat_rules(), false)
+        .unwrap_or_else(|e| panic!("the story's world with your NAT rules: {e:#}"));
     match docker_proxy {
         Some(path) => {
-            story.start_docker_proxy(&path).unwrap_or_else(|e| panic!("starting {}: {e:#}", path.display()));
+            story
+                .start_docker_proxy(&path)
+                .unwrap_or_else(|e| panic!("starting {}: {e:#}", path.display()));
         }
-        None => story.start_proxy(run_udp_proxy).unwrap_or_else(|e| panic!("your proxy should start: {e:#}")),
+        None => story
+            .start_proxy(run_udp_proxy)
+            .unwrap_or_else(|e| panic!("your proxy should start: {e:#}")),
     }
     story
 }
@@ -63,7 +72,13 @@ fn at(ip: &str, port: u16) -> SocketAddr {
 #[timeout(Duration::from_secs(30))]
 fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy: Proxy) {
     let story = story_with(proxy);
-    let outcome = story.client_ask(at(story::HOST_LAN, story::PORT), b"ping", Duration::from_secs(1)).unwrap();
+    let outcome = story
+        .client_ask(
+            at(story::HOST_LAN, story::PORT),
+            b"ping",
+            Duration::from_secs(1),
+        )
+        .unwrap();
 
     // 1. The datagram reached the server — relayed by the proxy, from the host's bridge.
     let (source, payload) = story
@@ -90,8 +105,13 @@ fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy:
     let request = table
         .lines()
         .find(|l| l.contains("src=172.17.0.2 dst=192.168.0.239 sport=34320 dport=4000"))
-        .unwrap_or_else(|| panic!("dind2 should track the client's datagram; its conntrack table:\n{table}"));
-    assert!(request.contains("[UNREPLIED]"), "the client's flow should never see its answer:\n{request}");
+        .unwrap_or_else(|| {
+            panic!("dind2 should track the client's datagram; its conntrack table:\n{table}")
+        });
+    assert!(
+        request.contains("[UNREPLIED]"),
+        "the client's flow should never see its answer:\n{request}"
+    );
     assert!(
         table.lines().any(|l| l.contains("src=172.18.0.1 dst=172.18.0.3 sport=4000 dport=34320")),
         "the answer should arrive in dind2 from 172.18.0.1:4000 — sent from the proxy's listening socket — \
@@ -103,15 +123,27 @@ fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy:
 #[timeout(Duration::from_secs(30))]
 fn talking_to_dind1_directly_works_so_the_proxy_path_is_to_blame() {
     let story = story_with(Proxy::Yours);
-    let outcome = story.client_ask(at(story::DIND1, story::PORT), b"ping", Duration::from_secs(2)).unwrap();
+    let outcome = story
+        .client_ask(
+            at(story::DIND1, story::PORT),
+            b"ping",
+            Duration::from_secs(2),
+        )
+        .unwrap();
     assert_eq!(
         outcome,
         Outcome::Reply { from: at(story::DIND1, story::PORT), payload: b"ping".to_vec() },
         "sent to 172.18.0.2:4000, the datagram is DNATed by dind1 to the server, and conntrack reverses \
          both NATs on the answer: the client should hear from 172.18.0.2:4000"
     );
-    let (source, _) = story.server_log(Duration::from_secs(2)).expect("the server should have logged the datagram");
-    assert_eq!(source, at(story::DIND2, story::CLIENT_PORT), "the server should see dind2's address (MASQUERADE kept port 34320)");
+    let (source, _) = story
+        .server_log(Duration::from_secs(2))
+        .expect("the server should have logged the datagram");
+    assert_eq!(
+        source,
+        at(story::DIND2, story::CLIENT_PORT),
+        "the server should see dind2's address (MASQUERADE kept port 34320)"
+    );
 }
 
 #[rstest]
@@ -124,11 +156,14 @@ fn your_proxy_keeps_one_upstream_socket_per_client() {
     let mut upstream_ports = Vec::new();
     for local_port in [5001, 5001, 5002] {
         dind2
-            .run(|| std::net::UdpSocket::bind(at(story::DIND2, local_port))?.send_to(b"hello", at(story::HOST_LAN, story::PORT)))
+            .run(|| {
+                std::net::UdpSocket::bind(at(story::DIND2, local_port))?
+                    .send_to(b"hello", at(story::HOST_LAN, story::PORT))
+            })
             .unwrap();
-        let (source, _) = story
-            .server_log(Duration::from_secs(2))
-            .unwrap_or_else(|| panic!("the proxy should relay the datagram from 172.18.0.3:{local_port} to the server"));
+        let (source, _) = story.server_log(Duration::from_secs(2)).unwrap_or_else(|| {
+            panic!("the proxy should relay the datagram from 172.18.0.3:{local_port} to the server")
+        });
         assert_eq!(
             source.ip().to_string(),
             story::HOST_BRIDGE_ADDRESS,
@@ -137,5 +172,8 @@ fn your_proxy_keeps_one_upstream_socket_per_client() {
         upstream_ports.push(source.port());
     }
     assert_eq!(upstream_ports[0], upstream_ports[1], "the same client should be relayed through the same upstream socket (ports seen: {upstream_ports:?})");
-    assert_ne!(upstream_ports[0], upstream_ports[2], "another client should get an upstream socket of its own (ports seen: {upstream_ports:?})");
+    assert_ne!(
+        upstream_ports[0], upstream_ports[2],
+        "another client should get an upstream socket of its own (ports seen: {upstream_ports:?})"
+    );
 }

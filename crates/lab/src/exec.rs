@@ -13,12 +13,22 @@ pub fn run(node: &str, command: &[String]) -> Result<i32> {
     let registry = running_world()?;
     let Some(fd) = registry.fds.get(node) else {
         let nodes: Vec<&str> = registry.nodes.keys().map(String::as_str).collect();
-        bail!("the running world has no node called `{node}` (its nodes: {})", nodes.join(", "));
+        bail!(
+            "the running world has no node called `{node}` (its nodes: {})",
+            nodes.join(", ")
+        );
     };
-    let netns = File::open(format!("/proc/{}/fd/{fd}", registry.pid))
-        .with_context(|| format!("cannot reach {node}'s namespace in lab process {}", registry.pid))?;
+    let netns = File::open(format!("/proc/{}/fd/{fd}", registry.pid)).with_context(|| {
+        format!(
+            "cannot reach {node}'s namespace in lab process {}",
+            registry.pid
+        )
+    })?;
     if Some(&netns.metadata()?.ino()) != registry.nodes.get(node) {
-        bail!("lab process {} no longer holds {node} (stale registry): restart `cargo xtask lab up`", registry.pid);
+        bail!(
+            "lab process {} no longer holds {node} (stale registry): restart `cargo xtask lab up`",
+            registry.pid
+        );
     }
     // Without root, the world lives in the lab's user namespace: join it first.
     let userns = match registry.user_namespace {
@@ -42,7 +52,9 @@ pub fn run(node: &str, command: &[String]) -> Result<i32> {
             Ok(())
         });
     }
-    let status = child.status().with_context(|| format!("cannot run `{}` in {node}", command[0]))?;
+    let status = child
+        .status()
+        .with_context(|| format!("cannot run `{}` in {node}", command[0]))?;
     Ok(status.code().unwrap_or(1))
 }
 
@@ -54,7 +66,8 @@ fn running_world() -> Result<Registry> {
         .flatten()
         .flatten()
         .filter_map(|entry| {
-            let registry: Registry = serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
+            let registry: Registry =
+                serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
             let alive = std::path::Path::new(&format!("/proc/{}", registry.pid)).exists();
             alive.then(|| Some((entry.metadata().ok()?.modified().ok()?, registry)))?
         })

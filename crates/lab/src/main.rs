@@ -20,7 +20,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lab", about = "The story's world: reproduce it, run it, explore it")]
+#[command(
+    name = "lab",
+    about = "The story's world: reproduce it, run it, explore it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +86,11 @@ pub fn reference_nat_rules() -> story::NatRules {
         let published: Vec<Publish> = network
             .published
             .iter()
-            .map(|&(protocol, host_port, container)| Publish { protocol, host_port, container })
+            .map(|&(protocol, host_port, container)| Publish {
+                protocol,
+                host_port,
+                container,
+            })
             .collect();
         docker_nat_rules(network.bridge, network.subnet, &published)
     })
@@ -93,8 +100,14 @@ pub fn reference_nat_rules() -> story::NatRules {
 fn script() -> String {
     let nat = reference_nat_rules();
     let mut text = story::story_world().to_shell();
-    for (node, rules) in [("host", &nat.host), ("dind1", &nat.dind1), ("dind2", &nat.dind2)] {
-        text.push_str(&format!("ip netns exec {node} iptables-restore <<'EOF'\n{rules}EOF\n"));
+    for (node, rules) in [
+        ("host", &nat.host),
+        ("dind1", &nat.dind1),
+        ("dind2", &nat.dind2),
+    ] {
+        text.push_str(&format!(
+            "ip netns exec {node} iptables-restore <<'EOF'\n{rules}EOF\n"
+        ));
     }
     text
 }

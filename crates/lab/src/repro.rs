@@ -13,10 +13,16 @@ use crate::style::{bold, dim, green, red};
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run() -> Result<()> {
-    println!("{}", bold("Where did my UDP packet go? — the story, reproduced in network namespaces"));
+    println!(
+        "{}",
+        bold("Where did my UDP packet go? — the story, reproduced in network namespaces")
+    );
     println!("{}", dim("Retold from \"SRE 日志:我的包去哪了?\" by Manjusaka. Nothing here touches your real network."));
 
-    step(1, "Building the world: 6 namespaces, 5 cables, Docker 20.10's NAT rules");
+    step(
+        1,
+        "Building the world: 6 namespaces, 5 cables, Docker 20.10's NAT rules",
+    );
     let started = Instant::now();
     let mut story = Story::up(&crate::reference_nat_rules(), true).context("building the world")?;
     story.start_proxy(solution_udp_proxy::run_udp_proxy)?;
@@ -27,19 +33,27 @@ pub fn run() -> Result<()> {
 
     step(2, "Programs: the echo server in `server` (0.0.0.0:4000), the userland proxy in `host` (0.0.0.0:4000)");
 
-    step(3, "The client (172.17.0.2:34320, inside dind2) sends \"hello\" to 192.168.0.239:4000");
+    step(
+        3,
+        "The client (172.17.0.2:34320, inside dind2) sends \"hello\" to 192.168.0.239:4000",
+    );
     let to: SocketAddr = format!("{}:{}", story::HOST_LAN, story::PORT).parse()?;
     let outcome = story.client_ask(to, b"hello", CLIENT_TIMEOUT)?;
     let logged = story.server_log(Duration::from_millis(500));
     match &outcome {
-        Outcome::NoReply { waited } => println!("  [client] {} after {waited:.1?}", red("no reply")),
+        Outcome::NoReply { waited } => {
+            println!("  [client] {} after {waited:.1?}", red("no reply"))
+        }
         Outcome::Reply { from, .. } => println!("  [client] {} from {from}", green("reply")),
     }
     if logged.is_none() {
         println!("  [server] never received anything");
     }
 
-    step(4, "dind2's conntrack table (/proc/net/nf_conntrack inside dind2)");
+    step(
+        4,
+        "dind2's conntrack table (/proc/net/nf_conntrack inside dind2)",
+    );
     let table = story.world.conntrack("dind2")?;
     for line in table.lines().filter(|l| l.contains("udp")) {
         println!("  {}", compact(line));
@@ -48,20 +62,30 @@ pub fn run() -> Result<()> {
         println!("\n  {}", bold(&explanation));
     }
 
-    step(5, "Control: the same client talks to dind1 directly (172.18.0.2:4000)");
+    step(
+        5,
+        "Control: the same client talks to dind1 directly (172.18.0.2:4000)",
+    );
     let direct: SocketAddr = format!("{}:{}", story::DIND1, story::PORT).parse()?;
     // A fresh flow: the first one still occupies port 34320 in dind2's conntrack.
     let control = story.client_ask(direct, b"hello again", CLIENT_TIMEOUT)?;
     let _ = story.server_log(Duration::from_millis(500));
     match &control {
         Outcome::Reply { from, .. } => println!("  [client] {} from {from}", green("reply")),
-        Outcome::NoReply { waited } => println!("  [client] {} after {waited:.1?}", red("no reply")),
+        Outcome::NoReply { waited } => {
+            println!("  [client] {} after {waited:.1?}", red("no reply"))
+        }
     }
 
     println!();
-    let reproduced = matches!(outcome, Outcome::NoReply { .. }) && logged.is_some() && matches!(control, Outcome::Reply { .. });
+    let reproduced = matches!(outcome, Outcome::NoReply { .. })
+        && logged.is_some()
+        && matches!(control, Outcome::Reply { .. });
     if reproduced {
-        println!("{} the server answered, the client never heard it — only on the proxy path.", green("Reproduced:"));
+        println!(
+            "{} the server answered, the client never heard it — only on the proxy path.",
+            green("Reproduced:")
+        );
         println!("Next: `cargo xtask check 1` starts the course; `cargo xtask lab up` keeps this world running to explore.");
         Ok(())
     } else {
@@ -87,14 +111,33 @@ fn compact(line: &str) -> String {
 fn explain(table: &str) -> Option<String> {
     let flows: Vec<Vec<(&str, &str)>> = table
         .lines()
-        .map(|l| l.split_whitespace().filter_map(|w| w.split_once('=')).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .collect()
+        })
         .collect();
     // The client's flow: it has a reply tuple that differs from its original (NAT).
-    let request = flows.iter().find(|f| field(f, "dport", 0) == Some("4000") && field(f, "sport", 0) == Some("34320"))?;
-    let expected = format!("{}:{}", field(request, "src", 1)?, field(request, "sport", 1)?);
-    let to = format!("{}:{}", field(request, "dst", 1)?, field(request, "dport", 1)?);
+    let request = flows
+        .iter()
+        .find(|f| field(f, "dport", 0) == Some("4000") && field(f, "sport", 0) == Some("34320"))?;
+    let expected = format!(
+        "{}:{}",
+        field(request, "src", 1)?,
+        field(request, "sport", 1)?
+    );
+    let to = format!(
+        "{}:{}",
+        field(request, "dst", 1)?,
+        field(request, "dport", 1)?
+    );
     let stray = flows.iter().find(|f| {
-        field(f, "dport", 0) == Some("34320") && format!("{}:{}", field(f, "dst", 0).unwrap_or(""), field(f, "dport", 0).unwrap_or("")) == to
+        field(f, "dport", 0) == Some("34320")
+            && format!(
+                "{}:{}",
+                field(f, "dst", 0).unwrap_or(""),
+                field(f, "dport", 0).unwrap_or("")
+            ) == to
     })?;
     let got = format!("{}:{}", field(stray, "src", 0)?, field(stray, "sport", 0)?);
     Some(format!(
@@ -105,7 +148,10 @@ fn explain(table: &str) -> Option<String> {
 
 /// The `nth` value of `key` in a conntrack entry (0 = original direction, 1 = reply).
 fn field<'a>(flow: &[(&'a str, &'a str)], key: &str, nth: usize) -> Option<&'a str> {
-    flow.iter().filter(|(k, _)| *k == key).nth(nth).map(|(_, v)| *v)
+    flow.iter()
+        .filter(|(k, _)| *k == key)
+        .nth(nth)
+        .map(|(_, v)| *v)
 }
 
 #[cfg(test)]
@@ -118,7 +164,12 @@ ipv4     2 udp      17 27 src=172.18.0.1 dst=172.18.0.3 sport=4000 dport=34320 [
     #[test]
     fn the_explanation_names_the_expected_and_the_actual_source() {
         let text = explain(TABLE).unwrap();
-        assert!(text.contains("expected the answer from 192.168.0.239:4000; it came from 172.18.0.1:4000"), "{text}");
+        assert!(
+            text.contains(
+                "expected the answer from 192.168.0.239:4000; it came from 172.18.0.1:4000"
+            ),
+            "{text}"
+        );
         assert!(text.contains("no socket for 172.18.0.3:34320"), "{text}");
     }
 

@@ -44,7 +44,10 @@ pub fn run() -> Result<()> {
     );
     let signal = wait_for_stop_signal(&signals);
     drop(story);
-    println!("\n{} — the world is torn down: every namespace, interface and program is gone.", signal_name(signal));
+    println!(
+        "\n{} — the world is torn down: every namespace, interface and program is gone.",
+        signal_name(signal)
+    );
     Ok(())
 }
 

@@ -52,7 +52,10 @@ impl Netns {
     pub fn open(path: &str) -> Result<Netns> {
         let file = File::open(path).with_context(|| format!("cannot open namespace {path}"))?;
         let inode = file.metadata()?.ino();
-        Ok(Netns { fd: file.into(), inode })
+        Ok(Netns {
+            fd: file.into(),
+            inode,
+        })
     }
 
     /// The namespace's identity: the inode `ls -l /proc/PID/ns/net` shows, and what
@@ -78,7 +81,8 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|scope| {
             let handle = scope.spawn(|| {
-                self.enter_current_thread().expect("cannot enter the namespace");
+                self.enter_current_thread()
+                    .expect("cannot enter the namespace");
                 f()
             });
             match handle.join() {
@@ -134,7 +138,10 @@ impl Netns {
             });
         }
         // iptables-legacy wants a lock file under /run, which is not ours without root.
-        command.env("XTABLES_LOCKFILE", std::env::temp_dir().join("netlab-xtables.lock"));
+        command.env(
+            "XTABLES_LOCKFILE",
+            std::env::temp_dir().join("netlab-xtables.lock"),
+        );
         command
     }
 

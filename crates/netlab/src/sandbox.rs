@@ -44,9 +44,11 @@ pub fn current() -> Result<&'static Sandbox, String> {
     match STATE.get() {
         Some(Ok(sandbox)) => Ok(sandbox),
         Some(Err(why)) => Err(why.clone()),
-        None => Err("this process never entered the lab sandbox: add `netlab::sandbox!();` \
+        None => Err(
+            "this process never entered the lab sandbox: add `netlab::sandbox!();` \
                      at the top of the test file or binary (it must run before any thread starts)"
-            .to_string()),
+                .to_string(),
+        ),
     }
 }
 
@@ -68,17 +70,23 @@ fn try_enter() -> Result<Sandbox, String> {
         user_namespace = true;
         // Map ourselves to root inside the new user namespace, like `unshare --map-root-user`.
         fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
-        fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(|e| format!("uid_map: {e}"))?;
-        fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(|e| format!("gid_map: {e}"))?;
+        fs::write("/proc/self/uid_map", format!("0 {uid} 1"))
+            .map_err(|e| format!("uid_map: {e}"))?;
+        fs::write("/proc/self/gid_map", format!("0 {gid} 1"))
+            .map_err(|e| format!("gid_map: {e}"))?;
     }
     let sandbox_netns = netns_inode_of("/proc/self/ns/net").map_err(|e| e.to_string())?;
-    Ok(Sandbox { real_root, user_namespace, original_netns, sandbox_netns })
+    Ok(Sandbox {
+        real_root,
+        user_namespace,
+        original_netns,
+        sandbox_netns,
+    })
 }
 
 fn explain_userns_failure(error: io::Error) -> String {
-    let mut why = format!(
-        "cannot create a user namespace to build the lab without root ({error}). "
-    );
+    let mut why =
+        format!("cannot create a user namespace to build the lab without root ({error}). ");
     let read = |path: &str| fs::read_to_string(path).ok().map(|s| s.trim().to_string());
     if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
         why.push_str(
@@ -87,9 +95,13 @@ fn explain_userns_failure(error: io::Error) -> String {
              or run the checks as root. ",
         );
     } else if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        why.push_str("Enable them with `sudo sysctl kernel.unprivileged_userns_clone=1`, or run as root. ");
+        why.push_str(
+            "Enable them with `sudo sysctl kernel.unprivileged_userns_clone=1`, or run as root. ",
+        );
     } else if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        why.push_str("Enable them with `sudo sysctl user.max_user_namespaces=10000`, or run as root. ");
+        why.push_str(
+            "Enable them with `sudo sysctl user.max_user_namespaces=10000`, or run as root. ",
+        );
     } else {
         why.push_str("Run the checks as root, or ask `cargo xtask doctor` what is missing. ");
     }

@@ -30,7 +30,11 @@ pub struct Cidr {
 impl Cidr {
     /// Does `addr` belong to this address's subnet?
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        };
         u32::from(self.address) & mask == u32::from(addr) & mask
     }
 }
@@ -41,10 +45,13 @@ impl FromStr for Cidr {
         let (address, prefix) = text
             .split_once('/')
             .with_context(|| format!("`{text}` is not an address/prefix like 172.18.0.1/16"))?;
-        let address = address.parse().with_context(|| format!("`{address}` is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).with_context(|| {
-            format!("`/{prefix}` is not a prefix length (0 to 32) in `{text}`")
-        })?;
+        let address = address
+            .parse()
+            .with_context(|| format!("`{address}` is not an IPv4 address"))?;
+        let prefix: u8 =
+            prefix.parse().ok().filter(|p| *p <= 32).with_context(|| {
+                format!("`/{prefix}` is not a prefix length (0 to 32) in `{text}`")
+            })?;
         Ok(Cidr { address, prefix })
     }
 }
@@ -86,25 +93,33 @@ impl NodeSpec {
 
     /// Plug interface `port` of this node into its bridge `bridge`.
     pub fn bridge_port(&mut self, port: &str, bridge: &str) -> &mut Self {
-        self.bridge_ports.push((port.to_string(), bridge.to_string()));
+        self.bridge_ports
+            .push((port.to_string(), bridge.to_string()));
         self
     }
 
     /// Give `interface` the address `cidr` (e.g. `"172.18.0.2/16"`).
     pub fn address(&mut self, interface: &str, cidr: &str) -> &mut Self {
-        self.addresses.push((interface.to_string(), cidr.to_string()));
+        self.addresses
+            .push((interface.to_string(), cidr.to_string()));
         self
     }
 
     /// Send everything without a more specific route to the gateway `via`.
     pub fn default_route(&mut self, via: &str) -> &mut Self {
-        self.routes.push(Route { destination: None, via: via.to_string() });
+        self.routes.push(Route {
+            destination: None,
+            via: via.to_string(),
+        });
         self
     }
 
     /// Send traffic for `destination` (`"10.1.0.0/16"`) to the gateway `via`.
     pub fn route(&mut self, destination: &str, via: &str) -> &mut Self {
-        self.routes.push(Route { destination: Some(destination.to_string()), via: via.to_string() });
+        self.routes.push(Route {
+            destination: Some(destination.to_string()),
+            via: via.to_string(),
+        });
         self
     }
 
@@ -141,7 +156,11 @@ pub enum Step {
     /// An `ip` command run inside `node` (without the leading `ip`).
     Ip { node: String, args: String },
     /// A sysctl of `node`.
-    Sysctl { node: String, key: String, value: String },
+    Sysctl {
+        node: String,
+        key: String,
+        value: String,
+    },
 }
 
 impl Topology {
@@ -154,7 +173,10 @@ impl Topology {
         if let Some(index) = self.nodes.iter().position(|n| n.name == name) {
             return &mut self.nodes[index];
         }
-        self.nodes.push(NodeSpec { name: name.to_string(), ..NodeSpec::default() });
+        self.nodes.push(NodeSpec {
+            name: name.to_string(),
+            ..NodeSpec::default()
+        });
         self.nodes.last_mut().expect("just pushed")
     }
 
@@ -210,7 +232,10 @@ impl Topology {
             for bridge in &node.bridges {
                 check_ifname(&node.name, bridge)?;
                 if !seen.insert((node.name.clone(), bridge.clone())) {
-                    bail!("{}: the bridge {bridge} has the name of another interface of that node", node.name);
+                    bail!(
+                        "{}: the bridge {bridge} has the name of another interface of that node",
+                        node.name
+                    );
                 }
             }
             let has = |ifname: &str| interfaces.iter().any(|i| i == ifname);
@@ -224,16 +249,25 @@ impl Topology {
             }
             let mut subnets = Vec::new();
             for (ifname, cidr) in &node.addresses {
-                let parsed: Cidr = cidr.parse().with_context(|| format!("{}: address of {ifname}", node.name))?;
+                let parsed: Cidr = cidr
+                    .parse()
+                    .with_context(|| format!("{}: address of {ifname}", node.name))?;
                 if !has(ifname) {
                     bail!("{}: address {cidr} is for interface {ifname}, but {} has no interface called {ifname} (it has: {})", node.name, node.name, interfaces.join(", "));
                 }
                 subnets.push(parsed);
             }
             for route in &node.routes {
-                let via: Ipv4Addr = route.via.parse().with_context(|| format!("{}: gateway `{}` is not an IPv4 address", node.name, route.via))?;
+                let via: Ipv4Addr = route.via.parse().with_context(|| {
+                    format!(
+                        "{}: gateway `{}` is not an IPv4 address",
+                        node.name, route.via
+                    )
+                })?;
                 if let Some(destination) = &route.destination {
-                    destination.parse::<Cidr>().with_context(|| format!("{}: route destination", node.name))?;
+                    destination
+                        .parse::<Cidr>()
+                        .with_context(|| format!("{}: route destination", node.name))?;
                 }
                 if !subnets.iter().any(|s| s.contains(via)) {
                     bail!("{}: the gateway {via} is not on any subnet of {} (its addresses: {}); a gateway must be a direct neighbour", node.name, node.name,
@@ -247,9 +281,16 @@ impl Topology {
     /// Every step that builds this topology, in order: cables first, then each node's
     /// bridges, ports, links up, addresses, routes, and sysctls.
     pub fn steps(&self) -> Vec<Step> {
-        let mut steps: Vec<Step> = self.veths.iter().map(|veth| Step::Cable { veth: veth.clone() }).collect();
+        let mut steps: Vec<Step> = self
+            .veths
+            .iter()
+            .map(|veth| Step::Cable { veth: veth.clone() })
+            .collect();
         for node in &self.nodes {
-            let ip = |args: String| Step::Ip { node: node.name.clone(), args };
+            let ip = |args: String| Step::Ip {
+                node: node.name.clone(),
+                args,
+            };
             for bridge in &node.bridges {
                 steps.push(ip(format!("link add name {bridge} type bridge")));
             }
@@ -267,7 +308,11 @@ impl Topology {
                 steps.push(ip(format!("route add {destination} via {}", route.via)));
             }
             if node.forwarding {
-                steps.push(Step::Sysctl { node: node.name.clone(), key: "net.ipv4.ip_forward".into(), value: "1".into() });
+                steps.push(Step::Sysctl {
+                    node: node.name.clone(),
+                    key: "net.ipv4.ip_forward".into(),
+                    value: "1".into(),
+                });
             }
         }
         steps
@@ -290,7 +335,9 @@ impl Topology {
                     veth.a.1, veth.a.0, veth.b.1, veth.b.0
                 ),
                 Step::Ip { node, args } => format!("ip -n {node} {args}\n"),
-                Step::Sysctl { node, key, value } => format!("ip netns exec {node} sysctl -qw {key}={value}\n"),
+                Step::Sysctl { node, key, value } => {
+                    format!("ip netns exec {node} sysctl -qw {key}={value}\n")
+                }
             });
         }
         script
@@ -300,24 +347,44 @@ impl Topology {
     /// a tree from the first node, with the cables between them.
     pub fn picture(&self) -> String {
         let mut out = String::new();
-        let Some(root) = self.nodes.first() else { return out };
+        let Some(root) = self.nodes.first() else {
+            return out;
+        };
         let mut drawn = BTreeSet::new();
         drawn.insert(root.name.clone());
         out.push_str(&format!("{}{}\n", root.name, self.node_summary(&root.name)));
         self.draw_children(&root.name, "", &mut drawn, &mut out);
         for node in &self.nodes {
             if !drawn.contains(&node.name) {
-                out.push_str(&format!("{}{}  (not connected)\n", node.name, self.node_summary(&node.name)));
+                out.push_str(&format!(
+                    "{}{}  (not connected)\n",
+                    node.name,
+                    self.node_summary(&node.name)
+                ));
             }
         }
         out
     }
 
-    fn draw_children(&self, node: &str, indent: &str, drawn: &mut BTreeSet<String>, out: &mut String) {
+    fn draw_children(
+        &self,
+        node: &str,
+        indent: &str,
+        drawn: &mut BTreeSet<String>,
+        out: &mut String,
+    ) {
         let children: Vec<(&End, &End)> = self
             .veths
             .iter()
-            .filter_map(|v| if v.a.0 == node { Some((&v.a, &v.b)) } else if v.b.0 == node { Some((&v.b, &v.a)) } else { None })
+            .filter_map(|v| {
+                if v.a.0 == node {
+                    Some((&v.a, &v.b))
+                } else if v.b.0 == node {
+                    Some((&v.b, &v.a))
+                } else {
+                    None
+                }
+            })
             .filter(|(_, far)| !drawn.contains(&far.0))
             .collect();
         for (_, far) in &children {
@@ -325,11 +392,19 @@ impl Topology {
         }
         for (index, (near, far)) in children.iter().enumerate() {
             let last = index + 1 == children.len();
-            let (branch, next) = if last { ("└─", "   ") } else { ("├─", "│  ") };
+            let (branch, next) = if last {
+                ("└─", "   ")
+            } else {
+                ("├─", "│  ")
+            };
             let port = self.describe_port(&near.0, &near.1);
             out.push_str(&format!(
                 "{indent}{branch}{} ── {}:{}  {}{}\n",
-                port, far.0, far.1, far.0, self.node_summary(&far.0)
+                port,
+                far.0,
+                far.1,
+                far.0,
+                self.node_summary(&far.0)
             ));
             self.draw_children(&far.0, &format!("{indent}{next}"), drawn, out);
         }
@@ -337,7 +412,10 @@ impl Topology {
 
     /// `veth-dind1 [br-lab]` — an interface and the bridge it is plugged into.
     fn describe_port(&self, node: &str, ifname: &str) -> String {
-        let bridge = self.find(node).and_then(|n| n.bridge_ports.iter().find(|(p, _)| p == ifname)).map(|(_, b)| b.clone());
+        let bridge = self
+            .find(node)
+            .and_then(|n| n.bridge_ports.iter().find(|(p, _)| p == ifname))
+            .map(|(_, b)| b.clone());
         match bridge {
             Some(bridge) => format!("{ifname} (port of {bridge})"),
             None => ifname.to_string(),
@@ -346,8 +424,14 @@ impl Topology {
 
     /// `  [br-lab 172.18.0.1/16, lan0 192.168.0.239/24] forwarding`
     fn node_summary(&self, node: &str) -> String {
-        let Some(spec) = self.find(node) else { return String::new() };
-        let addresses: Vec<String> = spec.addresses.iter().map(|(i, c)| format!("{i} {c}")).collect();
+        let Some(spec) = self.find(node) else {
+            return String::new();
+        };
+        let addresses: Vec<String> = spec
+            .addresses
+            .iter()
+            .map(|(i, c)| format!("{i} {c}"))
+            .collect();
         let mut summary = format!("  [{}]", addresses.join(", "));
         if let Some(route) = spec.routes.iter().find(|r| r.destination.is_none()) {
             summary.push_str(&format!(" default via {}", route.via));
@@ -373,7 +457,9 @@ mod tests {
     fn pair() -> Topology {
         let mut t = Topology::new();
         t.node("a").address("eth0", "10.0.0.1/24").forwarding();
-        t.node("b").address("eth0", "10.0.0.2/24").default_route("10.0.0.1");
+        t.node("b")
+            .address("eth0", "10.0.0.2/24")
+            .default_route("10.0.0.1");
         t.veth(("a", "eth0"), ("b", "eth0"));
         t
     }
@@ -383,16 +469,31 @@ mod tests {
         let t = pair();
         t.validate().unwrap();
         let shell = t.to_shell();
-        assert!(shell.contains("ip link add name eth0 netns a type veth peer name eth0 netns b"), "{shell}");
-        assert!(shell.contains("ip -n b route add default via 10.0.0.1"), "{shell}");
-        assert!(shell.contains("ip netns exec a sysctl -qw net.ipv4.ip_forward=1"), "{shell}");
+        assert!(
+            shell.contains("ip link add name eth0 netns a type veth peer name eth0 netns b"),
+            "{shell}"
+        );
+        assert!(
+            shell.contains("ip -n b route add default via 10.0.0.1"),
+            "{shell}"
+        );
+        assert!(
+            shell.contains("ip netns exec a sysctl -qw net.ipv4.ip_forward=1"),
+            "{shell}"
+        );
     }
 
     #[test]
     fn the_picture_shows_both_nodes_and_the_cable() {
         let picture = pair().picture();
-        assert!(picture.starts_with("a  [eth0 10.0.0.1/24] forwarding\n"), "{picture}");
-        assert!(picture.contains("└─eth0 ── b:eth0  b  [eth0 10.0.0.2/24] default via 10.0.0.1"), "{picture}");
+        assert!(
+            picture.starts_with("a  [eth0 10.0.0.1/24] forwarding\n"),
+            "{picture}"
+        );
+        assert!(
+            picture.contains("└─eth0 ── b:eth0  b  [eth0 10.0.0.2/24] default via 10.0.0.1"),
+            "{picture}"
+        );
     }
 
     #[test]

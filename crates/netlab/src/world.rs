@@ -52,9 +52,18 @@ impl World {
         topology.validate()?;
         let mut nodes = Vec::new();
         for spec in &topology.nodes {
-            nodes.push(Node { name: spec.name.clone(), netns: Netns::new()? });
+            nodes.push(Node {
+                name: spec.name.clone(),
+                netns: Netns::new()?,
+            });
         }
-        let world = World { topology: topology.clone(), nodes, services: Vec::new(), programs: Vec::new(), registry: None };
+        let world = World {
+            topology: topology.clone(),
+            nodes,
+            services: Vec::new(),
+            programs: Vec::new(),
+            registry: None,
+        };
         world.build()?;
         Ok(world)
     }
@@ -91,7 +100,11 @@ impl World {
                 .collect();
             let mut command = node.command("ip");
             command.args(["-batch", "-"]);
-            let context = format!("building {} failed; its commands were:\n  ip {}", node.name, commands.join("\n  ip "));
+            let context = format!(
+                "building {} failed; its commands were:\n  ip {}",
+                node.name,
+                commands.join("\n  ip ")
+            );
             batches.push((Pending::start(&mut command, &commands.join("\n"))?, context));
         }
         for (pending, context) in batches {
@@ -109,7 +122,10 @@ impl World {
     pub fn node(&self, name: &str) -> Result<&Node> {
         self.nodes.iter().find(|n| n.name == name).with_context(|| {
             let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-            format!("this world has no node called `{name}` (its nodes: {})", names.join(", "))
+            format!(
+                "this world has no node called `{name}` (its nodes: {})",
+                names.join(", ")
+            )
         })
     }
 
@@ -131,7 +147,9 @@ impl World {
             pending.push((Pending::start(&mut command, rules)?, node, rules));
         }
         for (pending, node, rules) in pending {
-            pending.finish().with_context(|| format!("iptables-restore failed in {node}; the rules were:\n{rules}"))?;
+            pending.finish().with_context(|| {
+                format!("iptables-restore failed in {node}; the rules were:\n{rules}")
+            })?;
         }
         Ok(())
     }
@@ -169,10 +187,16 @@ impl World {
         let program = command.get_program().to_string_lossy().into_owned();
         let child = command.spawn().with_context(|| {
             let name = program.rsplit('/').next().unwrap_or(&program).to_string();
-            format!("cannot start `{name}` in {node} (is it installed? package: {})", programs::package_of(&name))
+            format!(
+                "cannot start `{name}` in {node} (is it installed? package: {})",
+                programs::package_of(&name)
+            )
         })?;
         let pid = child.id();
-        self.programs.push(Program { node: node.to_string(), child });
+        self.programs.push(Program {
+            node: node.to_string(),
+            child,
+        });
         Ok(pid)
     }
 
@@ -183,9 +207,19 @@ impl World {
         std::fs::create_dir_all(registry_dir())?;
         let registry = Registry {
             pid: std::process::id(),
-            user_namespace: crate::sandbox::current().map(|s| s.user_namespace).unwrap_or(false),
-            nodes: self.nodes.iter().map(|n| (n.name.clone(), n.inode())).collect(),
-            fds: self.nodes.iter().map(|n| (n.name.clone(), n.raw_fd())).collect(),
+            user_namespace: crate::sandbox::current()
+                .map(|s| s.user_namespace)
+                .unwrap_or(false),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.inode()))
+                .collect(),
+            fds: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.raw_fd()))
+                .collect(),
         };
         std::fs::write(&path, serde_json::to_string_pretty(&registry)?)?;
         self.registry = Some(path.clone());
@@ -269,31 +303,40 @@ impl Service {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
         let netns = Netns::open(&netns.path())?;
-        let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-            let started = netns.enter_current_thread().and_then(|()| {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()
-            });
-            drop(netns);
-            let runtime = match started {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = ready_tx.send(Err(std::io::Error::new(error.kind(), error.to_string())));
-                    return Err(error);
-                }
-            };
-            let future = {
-                let _inside = runtime.enter();
-                make()
-            };
-            let _ = ready_tx.send(Ok(()));
-            runtime.block_on(async move {
-                tokio::select! {
-                    result = future => result,
-                    _ = stop_rx => Ok(()),
-                }
-            })
-        })?;
-        let mut service = Service { name: name.to_string(), stop: Some(stop_tx), thread: Some(thread) };
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let started = netns.enter_current_thread().and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                });
+                drop(netns);
+                let runtime = match started {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx
+                            .send(Err(std::io::Error::new(error.kind(), error.to_string())));
+                        return Err(error);
+                    }
+                };
+                let future = {
+                    let _inside = runtime.enter();
+                    make()
+                };
+                let _ = ready_tx.send(Ok(()));
+                runtime.block_on(async move {
+                    tokio::select! {
+                        result = future => result,
+                        _ = stop_rx => Ok(()),
+                    }
+                })
+            })?;
+        let mut service = Service {
+            name: name.to_string(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(service),
             Ok(Err(error)) => bail!("service {name} could not enter its namespace: {error}"),
@@ -301,11 +344,16 @@ impl Service {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 service.stop.take();
                 match service.thread.take().expect("just spawned").join() {
-                    Err(panic) => bail!("service {name} panicked while starting: {}", panic_message(&panic)),
+                    Err(panic) => bail!(
+                        "service {name} panicked while starting: {}",
+                        panic_message(&panic)
+                    ),
                     Ok(result) => bail!("service {name} ended while starting: {result:?}"),
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => bail!("service {name} did not start within 10 s"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("service {name} did not start within 10 s")
+            }
         }
     }
 
@@ -355,7 +403,12 @@ fn run_ip_batch(mut command: Command, place: &str, commands: &[String]) -> Resul
     command.args(["-batch", "-"]);
     Pending::start(&mut command, &commands.join("\n"))?
         .finish()
-        .with_context(|| format!("building {place} failed; its commands were:\n  ip {}", commands.join("\n  ip ")))
+        .with_context(|| {
+            format!(
+                "building {place} failed; its commands were:\n  ip {}",
+                commands.join("\n  ip ")
+            )
+        })
 }
 
 /// A program started with its input written, whose result is collected later — so that
@@ -375,16 +428,28 @@ impl Pending {
             .spawn()
             .with_context(|| {
                 let name = program.rsplit('/').next().unwrap_or(&program).to_string();
-                format!("cannot run `{name}`: install the `{}` package (see `cargo xtask doctor`)", programs::package_of(&name))
+                format!(
+                    "cannot run `{name}`: install the `{}` package (see `cargo xtask doctor`)",
+                    programs::package_of(&name)
+                )
             })?;
-        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
         Ok(Pending { program, child })
     }
 
     fn finish(self) -> Result<()> {
         let output = self.child.wait_with_output()?;
         if !output.status.success() {
-            bail!("`{}` failed ({}): {}", self.program, output.status, String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "`{}` failed ({}): {}",
+                self.program,
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }

@@ -73,9 +73,21 @@ pub fn docker_networks() -> [DockerNetwork; 3] {
         vec![("udp", PORT, to), ("tcp", PORT, to)]
     };
     [
-        DockerNetwork { bridge: HOST_BRIDGE, subnet: "172.18.0.0/16", published: publish(DIND1) },
-        DockerNetwork { bridge: "docker0", subnet: "172.17.0.0/16", published: publish("172.17.0.2") },
-        DockerNetwork { bridge: "docker0", subnet: "172.17.0.0/16", published: vec![] },
+        DockerNetwork {
+            bridge: HOST_BRIDGE,
+            subnet: "172.18.0.0/16",
+            published: publish(DIND1),
+        },
+        DockerNetwork {
+            bridge: "docker0",
+            subnet: "172.17.0.0/16",
+            published: publish("172.17.0.2"),
+        },
+        DockerNetwork {
+            bridge: "docker0",
+            subnet: "172.17.0.0/16",
+            published: vec![],
+        },
     ]
 }
 
@@ -91,7 +103,11 @@ impl Story {
     pub fn up(nat: &NatRules, print_log: bool) -> Result<Story> {
         let mut world = World::up(&story_world())?;
         world
-            .iptables_restore_all(&[("host", &nat.host), ("dind1", &nat.dind1), ("dind2", &nat.dind2)])
+            .iptables_restore_all(&[
+                ("host", &nat.host),
+                ("dind1", &nat.dind1),
+                ("dind2", &nat.dind2),
+            ])
             .context("loading the NAT rules")?;
         let (log_tx, server_log) = mpsc::channel();
         world.spawn_service("server", "echo-server", move || {
@@ -99,7 +115,11 @@ impl Story {
             async move {
                 solution_udp_echo::run_echo_server(socket?, move |source, payload| {
                     if print_log {
-                        println!("  [server] {} bytes from {source}: {:?} — echoing", payload.len(), String::from_utf8_lossy(payload));
+                        println!(
+                            "  [server] {} bytes from {source}: {:?} — echoing",
+                            payload.len(),
+                            String::from_utf8_lossy(payload)
+                        );
                     }
                     let _ = log_tx.send((source, payload.to_vec()));
                 })
@@ -130,7 +150,18 @@ impl Story {
     pub fn start_docker_proxy(&mut self, program: &std::path::Path) -> Result<u32> {
         let (ready_read, ready_write) = pipe()?;
         let mut command = self.world.node("host")?.command(&program.to_string_lossy());
-        command.args(["-proto", "udp", "-host-ip", "0.0.0.0", "-host-port", "4000", "-container-ip", DIND1, "-container-port", "4000"]);
+        command.args([
+            "-proto",
+            "udp",
+            "-host-ip",
+            "0.0.0.0",
+            "-host-port",
+            "4000",
+            "-container-ip",
+            DIND1,
+            "-container-port",
+            "4000",
+        ]);
         let write_fd = ready_write.as_raw_fd();
         // SAFETY: dup2 is async-signal-safe.
         unsafe {
@@ -166,7 +197,10 @@ impl Story {
     /// The story's client: send `payload` from 0.0.0.0:34320 in `client` to `to`.
     pub fn client_ask(&self, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Outcome> {
         let local = SocketAddr::from(([0, 0, 0, 0], CLIENT_PORT));
-        Ok(self.world.node("client")?.block_on(|| solution_udp_echo::ask(local, to, payload, timeout))?)
+        Ok(self
+            .world
+            .node("client")?
+            .block_on(|| solution_udp_echo::ask(local, to, payload, timeout))?)
     }
 
     /// The next datagram the server logged, if one comes within `timeout`.

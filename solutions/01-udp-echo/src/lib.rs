@@ -79,8 +79,13 @@ pub async fn ask(
     let mut buffer = vec![0u8; MAX_PAYLOAD];
     // `timeout` turns "wait forever" into "wait this long": Err(Elapsed) means no reply.
     match tokio::time::timeout(timeout, socket.recv_from(&mut buffer)).await {
-        Ok(Ok((len, from))) => Ok(Outcome::Reply { from, payload: buffer[..len].to_vec() }),
+        Ok(Ok((len, from))) => Ok(Outcome::Reply {
+            from,
+            payload: buffer[..len].to_vec(),
+        }),
         Ok(Err(error)) => Err(error),
-        Err(_elapsed) => Ok(Outcome::NoReply { waited: started.elapsed() }),
+        Err(_elapsed) => Ok(Outcome::NoReply {
+            waited: started.elapsed(),
+        }),
     }
 }

@@ -40,7 +40,10 @@ pub fn story_world() -> Topology {
 
     // Two dind containers on the host's bridge. Each is itself a docker host: it has a
     // docker0 bridge for its own containers and routes their traffic out via the host.
-    for (dind, address, port) in [("dind1", "172.18.0.2/16", "veth-dind1"), ("dind2", "172.18.0.3/16", "veth-dind2")] {
+    for (dind, address, port) in [
+        ("dind1", "172.18.0.2/16", "veth-dind1"),
+        ("dind2", "172.18.0.3/16", "veth-dind2"),
+    ] {
         world
             .node(dind)
             .address("eth0", address)
@@ -53,8 +56,14 @@ pub fn story_world() -> Topology {
 
     // One container inside each dind: the server in dind1, the client in dind2. Both get
     // Docker's first address, 172.17.0.2, and send everything to their docker0.
-    for (dind, container, port) in [("dind1", "server", "veth-server"), ("dind2", "client", "veth-client")] {
-        world.node(container).address("eth0", "172.17.0.2/16").default_route("172.17.0.1");
+    for (dind, container, port) in [
+        ("dind1", "server", "veth-server"),
+        ("dind2", "client", "veth-client"),
+    ] {
+        world
+            .node(container)
+            .address("eth0", "172.17.0.2/16")
+            .default_route("172.17.0.1");
         world.veth((dind, port), (container, "eth0"));
         world.node(dind).bridge_port(port, "docker0");
     }

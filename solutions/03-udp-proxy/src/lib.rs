@@ -107,7 +107,11 @@ pub async fn run_udp_proxy(listener: UdpSocket, backend: SocketAddr) -> io::Resu
 /// `listener` is bound to 0.0.0.0, so the answer's source address is chosen by route,
 /// not the address the client's datagram was sent to. (docker-proxy also closes a flow
 /// after 90 s without traffic; the course's relay keeps it for the process's life.)
-async fn relay_answers(upstream: Arc<UdpSocket>, listener: Arc<UdpSocket>, client: SocketAddr) -> io::Result<()> {
+async fn relay_answers(
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    client: SocketAddr,
+) -> io::Result<()> {
     let mut buffer = vec![0u8; 65_507];
     loop {
         let len = upstream.recv(&mut buffer).await?;
