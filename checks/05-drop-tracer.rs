@@ -203,32 +203,11 @@ fn a_datagram_hitting_a_firewall_drop_rule_is_dropped_by_netfilter() {
     );
 }
 
-/// Docker's rules as the course's exercise 3 answer writes them, for the three networks.
-fn reference_nat_rules() -> story::NatRules {
-    use solution_udp_proxy::{docker_nat_rules, Publish};
-    story::NatRules::from_fn(|network| {
-        let published: Vec<Publish> = network
-            .published
-            .iter()
-            .map(|&(protocol, host_port, container)| Publish {
-                protocol,
-                host_port,
-                container,
-            })
-            .collect();
-        docker_nat_rules(network.bridge, network.subnet, &published)
-    })
-}
-
 #[rstest]
 #[timeout(Duration::from_secs(60))]
 fn in_the_story_the_answer_is_dropped_in_dind2_with_no_socket() {
     let mut tracer = start_tracer();
-    let mut story = Story::up(&reference_nat_rules(), false)
-        .unwrap_or_else(|e| panic!("the story's world: {e:#}"));
-    story
-        .start_proxy(solution_udp_proxy::run_udp_proxy)
-        .unwrap_or_else(|e| panic!("the course's proxy: {e:#}"));
+    let story = Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"));
     let to = SocketAddr::new(story::HOST_LAN.parse().unwrap(), story::PORT);
     let outcome = story
         .client_ask(to, b"ping", Duration::from_secs(1))

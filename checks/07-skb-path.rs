@@ -126,23 +126,6 @@ fn hops_are_ordered_in_time_and_a_drop_ends_its_hop() {
     );
 }
 
-/// Docker's rules as the course's exercise 3 answer writes them, for the three networks.
-fn reference_nat_rules() -> story::NatRules {
-    use solution_udp_proxy::{docker_nat_rules, Publish};
-    story::NatRules::from_fn(|network| {
-        let published: Vec<Publish> = network
-            .published
-            .iter()
-            .map(|&(protocol, host_port, container)| Publish {
-                protocol,
-                host_port,
-                container,
-            })
-            .collect();
-        docker_nat_rules(network.bridge, network.subnet, &published)
-    })
-}
-
 /// The story's path, as STORY.md tells it: (node, tuple), with `P` the port of the proxy's
 /// upstream socket (whatever the kernel gave it). Each tuple is listed in every namespace
 /// the skb carries it through — the hops of the table that must appear, in this order:
@@ -188,11 +171,7 @@ fn matches(pattern: &str, tuple: &str, port: &mut Option<String>) -> bool {
 #[timeout(Duration::from_secs(90))]
 fn the_story_s_five_tuples_appear_in_order_ending_in_the_drop() {
     netlab::require_root("the eBPF checks");
-    let mut story = Story::up(&reference_nat_rules(), false)
-        .unwrap_or_else(|e| panic!("the story's world: {e:#}"));
-    story
-        .start_proxy(solution_udp_proxy::run_udp_proxy)
-        .unwrap_or_else(|e| panic!("the course's proxy: {e:#}"));
+    let story = Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"));
     let mut tracer = PathTracer::start("udp and port 4000")
         .unwrap_or_else(|e| panic!("starting the course's path tracer: {e:#}"));
     let to = SocketAddr::new(story::HOST_LAN.parse::<IpAddr>().unwrap(), story::PORT);

@@ -9,7 +9,7 @@ use story::Story;
 
 pub fn run(rounds: usize) -> Result<()> {
     let topology = story::story_world();
-    let nat = crate::reference_nat_rules();
+    let nat = story::reference_nat_rules();
     println!(
         "world up/down on {} cores, {rounds} rounds each (after one warm-up round)",
         std::thread::available_parallelism().map_or(1, |n| n.get())

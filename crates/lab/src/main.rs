@@ -79,26 +79,9 @@ fn main() {
     }
 }
 
-/// The Docker NAT rules of the story, as the course's reference solution writes them.
-pub fn reference_nat_rules() -> story::NatRules {
-    use solution_udp_proxy::{docker_nat_rules, Publish};
-    story::NatRules::from_fn(|network| {
-        let published: Vec<Publish> = network
-            .published
-            .iter()
-            .map(|&(protocol, host_port, container)| Publish {
-                protocol,
-                host_port,
-                container,
-            })
-            .collect();
-        docker_nat_rules(network.bridge, network.subnet, &published)
-    })
-}
-
 /// The whole world as a shell script: topology, then each node's iptables rules.
 fn script() -> String {
-    let nat = reference_nat_rules();
+    let nat = story::reference_nat_rules();
     let mut text = story::story_world().to_shell();
     for (node, rules) in [
         ("host", &nat.host),

@@ -14,8 +14,7 @@ pub fn run() -> Result<()> {
     // is killed half-way: we tear the world down ourselves, then exit.
     let signals = block_stop_signals();
 
-    let mut story = Story::up(&crate::reference_nat_rules(), true).context("building the world")?;
-    story.start_proxy(solution_udp_proxy::run_udp_proxy)?;
+    let mut story = Story::reference(true).context("building the world")?;
     story.world.spawn_service("server", "tcp-echo-server", || {
         let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))

@@ -57,6 +57,24 @@ impl NatRules {
     }
 }
 
+/// Docker's rules as the course's answer to exercise 3 writes them, for the three
+/// docker networks of the story.
+pub fn reference_nat_rules() -> NatRules {
+    use solution_udp_proxy::{docker_nat_rules, Publish};
+    NatRules::from_fn(|network| {
+        let published: Vec<Publish> = network
+            .published
+            .iter()
+            .map(|&(protocol, host_port, container)| Publish {
+                protocol,
+                host_port,
+                container,
+            })
+            .collect();
+        docker_nat_rules(network.bridge, network.subnet, &published)
+    })
+}
+
 /// What a docker network publishes, in plain values (each exercise has its own types).
 pub struct DockerNetwork {
     pub bridge: &'static str,
@@ -127,6 +145,14 @@ impl Story {
             }
         })?;
         Ok(Story { world, server_log })
+    }
+
+    /// The story exactly as the article's author had it, built from the course's
+    /// reference answers: NAT rules and the buggy userland proxy included.
+    pub fn reference(print_log: bool) -> Result<Story> {
+        let mut story = Story::up(&reference_nat_rules(), print_log)?;
+        story.start_proxy(solution_udp_proxy::run_udp_proxy)?;
+        Ok(story)
     }
 
     /// Start a userland proxy in `host`: `proxy(listener, backend)` gets a socket bound
