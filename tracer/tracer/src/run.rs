@@ -77,10 +77,13 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn stop_on_signals() -> &'static AtomicBool {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: installing an async-signal-safe handler (one atomic store). No SA_RESTART: a
-        // blocking poll() returns EINTR at once.
+        // blocking poll() returns EINTR at once. SA_RESETHAND: a SECOND signal kills the process
+        // the default way — e.g. when output is blocked because `tracer | less` is paused (the
+        // kernel still detaches everything: nothing is pinned).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESETHAND;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }

@@ -5,7 +5,6 @@
 //!
 //! Without root these tests print `SKIPPED: …` and fail: a skip is never a pass.
 
-use std::io::Read as _;
 use std::net::UdpSocket;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
@@ -165,10 +164,21 @@ fn bpf_prog_ids() -> Vec<u32> {
         .collect()
 }
 
-/// A running `tracer` binary.
+/// A running `tracer` binary. Its stdout and stderr are read by threads as they come: a
+/// tracer that prints a lot must never block on a full pipe.
 struct Tracer {
     child: Child,
     ready: PathBuf,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
 }
 
 impl Tracer {
@@ -177,10 +187,10 @@ impl Tracer {
         let ready = std::env::temp_dir().join(format!(
             "tracer-test-ready-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ rand_suffix()
+            rand_suffix()
         ));
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
             .args(args)
             .arg("--json")
             .arg("--ready-file")
@@ -189,7 +199,14 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start the tracer binary");
-        let mut t = Tracer { child, ready };
+        let stdout = Some(drain(child.stdout.take().unwrap()));
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        let mut t = Tracer {
+            child,
+            ready,
+            stdout,
+            stderr,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !t.ready.exists() {
             if let Some(status) = t.child.try_wait().unwrap() {
@@ -203,13 +220,18 @@ impl Tracer {
     }
 
     /// Waits for the tracer to exit (it was started with --count/--duration) and returns
-    /// (stdout JSON objects, stderr).
+    /// (stdout JSON objects, stderr). After 30 s it is sent SIGTERM, after 35 s SIGKILL.
     fn finish(mut self) -> (Vec<Value>, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let start = Instant::now();
+        let mut termed = false;
         while self.child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
+            if start.elapsed() > Duration::from_secs(30) && !termed {
                 // SAFETY: signalling our own child by its pid.
                 unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+                termed = true;
+            }
+            if start.elapsed() > Duration::from_secs(35) {
+                let _ = self.child.kill();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -221,21 +243,18 @@ impl Tracer {
         (events, err)
     }
 
+    /// Everything the tracer printed (call after it exited).
     fn output(&mut self) -> (String, String) {
-        let mut out = String::new();
-        let mut err = String::new();
-        self.child
+        let out = self
             .stdout
             .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        let err = self
             .stderr
             .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         (out, err)
     }
 }
@@ -541,4 +560,105 @@ fn a_malformed_filter_fails_before_loading() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`or` is not supported"), "{err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+}
+
+/// Reads `tracer: N events, M lost …` from the tracer's stderr.
+fn summary(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("tracer: ") && l.contains(" lost"))
+        .unwrap_or_else(|| panic!("no summary line in: {stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().unwrap(), words[3].parse().unwrap())
+}
+
+/// A ring buffer of one page cannot hold a burst: the loss must be counted and reported.
+#[test]
+fn lost_events_are_counted_not_hidden() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let t = Tracer::start(&[
+            "path",
+            "--ring-kib",
+            "4",
+            "--netns",
+            &ino,
+            "--duration",
+            "2",
+            "udp",
+        ]);
+        ns.run(|| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..2000 {
+                let _ = s.send_to(b"burst", "127.0.0.1:4009");
+            }
+        });
+        let (events, err) = t.finish();
+        let (printed, lost) = summary(&err);
+        assert_eq!(printed, events.len() as u64);
+        assert!(
+            lost > 0,
+            "2000 datagrams × several tracepoints fit in 4 KiB? {err}"
+        );
+    });
+}
+
+/// Ctrl-C / SIGTERM: detach, print the summary, exit 0.
+#[test]
+fn sigterm_exits_cleanly_with_a_summary() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let mut t = Tracer::start(&["drops", "--netns", &ino]);
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(t.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = t.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "tracer ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (_, err) = t.output();
+        assert!(status.success(), "{status}: {err}");
+        assert_eq!(summary(&err), (0, 0));
+    });
+}
+
+/// The contrast to `path_track_skb_follows_the_skb_through_nat`: without `--track-skb` the
+/// filter `dst port 47003` loses the skb once DNAT rewrote it to 47004 — its drop is not shown.
+#[test]
+fn path_without_track_skb_loses_the_skb_after_nat() {
+    let _serial = need_root();
+    hygienic(|| {
+        let a = Netns::new();
+        let b = Netns::new();
+        a.sh(&format!(
+            "ip link add name tr-a type veth peer name tr-b netns {} && \
+             ip addr add 10.99.0.1/24 dev tr-a && ip link set tr-a up",
+            b.path.display()
+        ));
+        b.sh(
+            "ip addr add 10.99.0.2/24 dev tr-b && ip link set tr-b up && \
+             nft add table ip tracer_test && \
+             nft add chain ip tracer_test pre '{ type nat hook prerouting priority -100; }' && \
+             nft add rule ip tracer_test pre udp dport 47003 dnat to 10.99.0.2:47004",
+        );
+        let t = Tracer::start(&["path", "--duration", "3", "udp and dst port 47003"]);
+        let sport = a.send_udp("10.99.0.2:47003");
+        let (events, err) = t.finish();
+        let ours: Vec<&Value> = events.iter().filter(|e| e["sport"] == sport).collect();
+        assert!(
+            ours.iter().any(|e| e["netns"] == b.inode),
+            "seen entering B: {err}"
+        );
+        assert!(
+            !ours.iter().any(|e| e["event"] == "kfree_skb"),
+            "without --track-skb the drop (dport 47004) must not match"
+        );
+    });
 }
