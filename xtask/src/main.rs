@@ -204,10 +204,18 @@ fn reset(root: &Path, course: &Course, name: &str) -> Result<ExitCode> {
 /// `cargo xtask lab …`: becomes `cargo run --quiet -p lab -- …` (exec, so Ctrl-C and the
 /// exit code belong to the lab).
 fn lab(root: &Path, args: &[String]) -> Result<ExitCode> {
+    run_lab(root, &[], args)
+}
+
+/// `cargo run -p lab [cargo_args] -- args`, replacing this process (Ctrl-C and the exit
+/// code belong to the lab).
+fn run_lab(root: &Path, cargo_args: &[&str], args: &[String]) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let error = proc::cargo()
         .current_dir(root)
-        .args(["run", "--quiet", "-p", "lab", "--"])
+        .args(["run", "--quiet", "-p", "lab"])
+        .args(cargo_args)
+        .arg("--")
         .args(args)
         .exec();
     Err(error).context("cannot run `cargo run -p lab`")
@@ -221,5 +229,15 @@ fn repro(root: &Path, args: &[String]) -> Result<ExitCode> {
     }
     let mut lab_args = vec!["repro".to_string()];
     lab_args.extend(args.iter().cloned());
-    lab(root, &lab_args)
+    // The hop table needs the course's eBPF tracer, which needs nightly's rust-src and
+    // bpf-linker to build; without them the story still reproduces, without the table.
+    if setup::ebpf_toolchain_ready() {
+        run_lab(root, &["--features", "hop-table"], &lab_args)
+    } else {
+        println!(
+            "(no hop table this time: the eBPF tracer needs nightly's rust-src and bpf-linker — \
+             `cargo xtask setup` installs them, as root, or prints the commands)"
+        );
+        lab(root, &lab_args)
+    }
 }

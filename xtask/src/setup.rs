@@ -162,6 +162,18 @@ fn nightly() -> Result<()> {
     Ok(())
 }
 
+/// Can this machine build the course's eBPF programs (nightly with rust-src, bpf-linker)?
+pub fn ebpf_toolchain_ready() -> bool {
+    let nightly_src = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library").is_dir());
+    nightly_src && proc::which("bpf-linker").is_some()
+}
+
 fn bpf_linker() -> Result<()> {
     if proc::which("bpf-linker").is_some() {
         step("bpf-linker already installed");

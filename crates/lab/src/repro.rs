@@ -32,6 +32,8 @@ pub fn run() -> Result<()> {
 
     step(2, "Programs: the echo server in `server` (0.0.0.0:4000), the userland proxy in `host` (0.0.0.0:4000)");
 
+    let hop_tracer = hops::start();
+
     step(
         3,
         "The client (172.17.0.2:34320, inside dind2) sends \"hello\" to 192.168.0.239:4000",
@@ -49,8 +51,10 @@ pub fn run() -> Result<()> {
         println!("  [server] never received anything");
     }
 
+    hops::show(hop_tracer, &story);
+
     step(
-        4,
+        5,
         "dind2's conntrack table (/proc/net/nf_conntrack inside dind2)",
     );
     let table = story.world.conntrack("dind2")?;
@@ -62,7 +66,7 @@ pub fn run() -> Result<()> {
     }
 
     step(
-        5,
+        6,
         "Control: the same client talks to dind1 directly (172.18.0.2:4000)",
     );
     let direct: SocketAddr = format!("{}:{}", story::DIND1, story::PORT).parse()?;
@@ -89,6 +93,67 @@ pub fn run() -> Result<()> {
         Ok(())
     } else {
         anyhow::bail!("the story did not reproduce on this machine (client: {outcome:?}, control: {control:?}); please report it with the output of `cargo xtask doctor`")
+    }
+}
+
+/// The hop table: every place the story's datagrams were seen in the kernel, from the
+/// course's eBPF tracer (exercise 7's answer). Needs root, and a lab built with the
+/// `hop-table` feature (`cargo xtask repro` turns it on when it can).
+mod hops {
+    #[cfg(feature = "hop-table")]
+    pub type Tracer = solution_skb_path::PathTracer;
+    #[cfg(not(feature = "hop-table"))]
+    pub type Tracer = ();
+
+    /// Start tracing before the client sends, if this process can.
+    pub fn start() -> Option<Tracer> {
+        #[cfg(feature = "hop-table")]
+        match solution_skb_path::PathTracer::start("udp and port 4000") {
+            Ok(tracer) => return Some(tracer),
+            Err(error) => println!("  (no hop table: {error:#})"),
+        }
+        None
+    }
+
+    /// Print the hop table of what the tracer saw.
+    pub fn show(tracer: Option<Tracer>, story: &story::Story) {
+        super::step(
+            4,
+            "The skb, hop by hop (eBPF on every tracepoint that carries an skb)",
+        );
+        #[cfg(feature = "hop-table")]
+        if let Some(mut tracer) = tracer {
+            use std::collections::HashMap;
+            use std::time::Duration;
+            let names: HashMap<u32, String> = story
+                .world
+                .nodes()
+                .iter()
+                .map(|n| (n.inode() as u32, n.name.clone()))
+                .collect();
+            match tracer.records(Duration::from_millis(300), Duration::from_secs(10)) {
+                Ok(records) => {
+                    let records: Vec<_> = records
+                        .into_iter()
+                        .filter(|r| names.contains_key(&r.netns))
+                        .collect();
+                    let table = solution_skb_path::hops(&records);
+                    let text = solution_skb_path::format_hop_table(&table, |netns| {
+                        names.get(&netns).cloned()
+                    });
+                    for line in text.lines() {
+                        println!("  {line}");
+                    }
+                }
+                Err(error) => println!("  (the tracer failed: {error:#})"),
+            }
+            return;
+        }
+        let _ = (tracer, story);
+        println!(
+            "  (skipped: the hop table needs root and the eBPF toolchain. Build as yourself, run as root:\n   \
+             cargo build -p lab --features hop-table && sudo -E target/debug/lab repro)"
+        );
     }
 }
 
