@@ -224,7 +224,7 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     // `kfree_skb` with reason SKB_CONSUMED is a normal end of life, not a drop.
     if reason_arg != NO_ARG && reason == config!(consumed_reason) {
         if track && frees {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
         }
         return 0;
     }
@@ -238,7 +238,7 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     ev.reason = reason;
     ev.slot = slot as u16;
     // --track-skb: an skb we already followed is reported even if NAT changed its tuple since.
-    let tracked = track && unsafe { TRACKED.get(&skb) }.is_some();
+    let tracked = track && unsafe { TRACKED.get(skb) }.is_some();
 
     // Filter as early as possible: namespace and interface first (cheap), then the tuple.
     read_device(skb, ev);
@@ -251,11 +251,11 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
             return 0;
         }
         if track && !frees {
-            let _ = TRACKED.insert(&skb, &1, 0);
+            let _ = TRACKED.insert(skb, 1u8, 0);
         }
     }
     if tracked && frees {
-        let _ = TRACKED.remove(&skb);
+        let _ = TRACKED.remove(skb);
     }
 
     let location_arg = config!(slots[slot].location_arg);
@@ -278,7 +278,7 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
 #[inline(always)]
 unsafe fn zero(ev: *mut Event) {
     const WORDS: usize = core::mem::size_of::<Event>() / 8;
-    const _: () = assert!(core::mem::size_of::<Event>() % 8 == 0);
+    const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
     let p = ev as *mut u64;
     macro_rules! z {
         ($($i:literal)*) => { $( if $i < WORDS { unsafe { core::ptr::write_volatile(p.add($i), 0) } } )* };
