@@ -662,3 +662,42 @@ fn path_without_track_skb_loses_the_skb_after_nat() {
         );
     });
 }
+
+/// `--explain` must read the conntrack table of a namespace that no process is in any more but
+/// a file descriptor still holds (as `netlab::Netns` does): through a helper thread that `setns`es
+/// into it and reads `/proc/thread-self/net/nf_conntrack`.
+#[test]
+fn conntrack_of_a_namespace_held_only_by_a_file_descriptor() {
+    let _serial = need_root();
+    hygienic(|| {
+        let (fd, inode) = std::thread::spawn(|| {
+            // SAFETY: changes only this thread's network namespace; the thread ends below.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            let run = |cmd: &str| {
+                let ok = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+                assert!(ok.success(), "{cmd}");
+            };
+            run("ip link set lo up && nft add table ip tracer_test && \
+                 nft add chain ip tracer_test out '{ type filter hook output priority 0; }' && \
+                 nft add rule ip tracer_test out ct state new counter");
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"remember me", "127.0.0.1:4010").unwrap();
+            let fd = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+            let inode = fd.metadata().unwrap().ino() as u32;
+            (fd, inode)
+        })
+        .join()
+        .unwrap();
+        // Let the thread's task disappear from /proc: only the fd holds the namespace now.
+        std::thread::sleep(Duration::from_millis(100));
+        let text = tracer::explain::read_conntrack(inode).unwrap();
+        let entries = tracer::explain::parse_conntrack(&text);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.original.dport == 4010 && e.proto == "udp"),
+            "{text}"
+        );
+        drop(fd);
+    });
+}
