@@ -53,6 +53,9 @@ struct Common {
     /// Only skbs in this network namespace (inode, as in `ls -lL /proc/PID/ns/net`).
     #[arg(long)]
     netns: Option<u32>,
+    /// Only skbs in the namespace of this lab node (e.g. `dind2`), by name: see --netns-names.
+    #[arg(long, conflicts_with = "netns")]
+    node: Option<String>,
     /// Only skbs on this interface index.
     #[arg(long)]
     ifindex: Option<u32>,
@@ -78,7 +81,34 @@ struct Common {
 
 fn options(mode: Mode, c: Common) -> anyhow::Result<RunOptions> {
     let mut filter = tracer::filter::parse(&c.filter.join(" "))?;
-    tracer::filter::restrict(&mut filter, c.netns, c.ifindex);
+    let netns = match &c.node {
+        None => c.netns,
+        Some(node) => {
+            let names = tracer::nodes::NodeNames::new(
+                Some(tracer::nodes::registry_dir()),
+                c.netns_names.as_deref(),
+            )?;
+            match names.inode_of(node) {
+                Some(ino) => Some(ino),
+                None => {
+                    let known = names.known_names();
+                    let known = if known.is_empty() {
+                        format!(
+                            "no lab is registered in {}",
+                            tracer::nodes::registry_dir().display()
+                        )
+                    } else {
+                        format!("known: {}", known.join(", "))
+                    };
+                    anyhow::bail!(
+                        "no running lab has a node {node:?} ({known}); start the lab first \
+                         (`cargo run -p lab -- up`) or give --netns-names FILE"
+                    )
+                }
+            }
+        }
+    };
+    tracer::filter::restrict(&mut filter, netns, c.ifindex);
     let mut o = RunOptions::new(mode);
     o.filter = filter;
     o.json = c.json;

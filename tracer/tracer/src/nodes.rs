@@ -104,6 +104,22 @@ impl NodeNames {
         }
     }
 
+    /// The namespace inode of a node name (`--node dind2`), if a live lab or the explicit file
+    /// has it.
+    pub fn inode_of(&self, name: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(ino, _)| *ino)
+    }
+
+    /// Every known node name, sorted (for error messages).
+    pub fn known_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.names.values().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The node name of a namespace inode, if known. An unknown inode triggers a re-scan at most
     /// once a second (a lab may have started after the tracer).
     pub fn name(&mut self, netns: u32) -> Option<&str> {
