@@ -258,6 +258,7 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
         let _ = TRACKED.remove(skb);
     }
 
+    read_details(skb, ev);
     let location_arg = config!(slots[slot].location_arg);
     if location_arg != NO_ARG {
         ev.location = arg(ctx, location_arg);
@@ -287,21 +288,29 @@ unsafe fn zero(ev: *mut Event) {
     const _: () = assert!(WORDS == 14, "update z!() to the new size of Event");
 }
 
-/// Fills interface index, name and network namespace inode from `skb->dev` (or, for an skb that
+/// Fills the interface index and network namespace inode from `skb->dev` (or, for an skb that
 /// is not on a device yet, the namespace of its socket `skb->sk`).
 #[inline(always)]
 fn read_device(skb: u64, ev: &mut Event) {
     let dev: u64 = read(skb, config!(offsets.skb_dev));
     let net: u64 = if dev != 0 {
         ev.ifindex = read::<i32>(dev, config!(offsets.dev_ifindex)) as u32;
-        let name = dev + config!(offsets.dev_name) as u64;
-        let _ = unsafe { bpf_probe_read_kernel_buf(name as *const u8, &mut ev.ifname) };
         read(dev, config!(offsets.dev_net))
     } else {
         let sk: u64 = read(skb, config!(offsets.skb_sk));
         read(sk, config!(offsets.sk_net))
     };
     ev.netns = read(net, config!(offsets.net_inum));
+}
+
+/// Fills what is only needed for display (device name, length): read once the skb matched.
+#[inline(always)]
+fn read_details(skb: u64, ev: &mut Event) {
+    let dev: u64 = read(skb, config!(offsets.skb_dev));
+    if dev != 0 {
+        let name = dev + config!(offsets.dev_name) as u64;
+        let _ = unsafe { bpf_probe_read_kernel_buf(name as *const u8, &mut ev.ifname) };
+    }
     ev.len = read(skb, config!(offsets.skb_len));
 }
 
