@@ -13,6 +13,9 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    // aya-build runs `cargo build --package tracer-ebpf` in the current directory: run it in
+    // the eBPF crate's folder, a workspace of its own (the course's workspace excludes it).
+    std::env::set_current_dir(ebpf_dir).with_context(|| format!("cannot enter {ebpf_dir}"))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",
