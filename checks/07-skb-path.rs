@@ -5,7 +5,6 @@
 //! YOUR [`hops`] what the kernel reported, and looks for the story's five tuples in order, each
 //! in the namespace where the article's author saw it — ending in the NO_SOCKET drop in dind2.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -183,17 +182,17 @@ fn the_story_s_five_tuples_appear_in_order_ending_in_the_drop() {
         "the story's client should hear nothing; it got {outcome:?}"
     );
 
-    let names: HashMap<u32, String> = story
-        .world
-        .nodes()
-        .iter()
-        .map(|n| (n.inode() as u32, n.name.clone()))
-        .collect();
+    let node_of = |netns: u32| {
+        story
+            .world
+            .node_by_inode(netns.into())
+            .map(|n| n.name.as_str())
+    };
     let records: Vec<Record> = tracer
         .records(Duration::from_millis(300), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("reading the tracer's events: {e:#}"))
         .into_iter()
-        .filter(|r| names.contains_key(&r.netns))
+        .filter(|r| node_of(r.netns).is_some())
         .collect();
     drop(tracer);
     assert!(
@@ -202,7 +201,7 @@ fn the_story_s_five_tuples_appear_in_order_ending_in_the_drop() {
     );
 
     let table = hops(&records);
-    let printed = format_hop_table(&table, |netns| names.get(&netns).cloned());
+    let printed = format_hop_table(&table, |netns| node_of(netns).map(str::to_string));
     println!("{printed}");
 
     // The story's hops, as a subsequence of the table: in order, in the right namespaces.
@@ -211,8 +210,7 @@ fn the_story_s_five_tuples_appear_in_order_ending_in_the_drop() {
     let mut rest = table.iter().enumerate();
     for (node, pattern) in STORY_PATH {
         let hit = rest.by_ref().find(|(_, h)| {
-            names.get(&h.netns).map(String::as_str) == Some(*node)
-                && matches(pattern, &h.tuple, &mut port)
+            node_of(h.netns) == Some(*node) && matches(pattern, &h.tuple, &mut port)
         });
         match hit {
             Some((i, _)) => found.push(i + 1),

@@ -123,24 +123,21 @@ mod hops {
         );
         #[cfg(feature = "hop-table")]
         if let Some(mut tracer) = tracer {
-            use std::collections::HashMap;
             use std::time::Duration;
-            let names: HashMap<u32, String> = story
-                .world
-                .nodes()
-                .iter()
-                .map(|n| (n.inode() as u32, n.name.clone()))
-                .collect();
+            let node_of = |netns: u32| {
+                story
+                    .world
+                    .node_by_inode(netns.into())
+                    .map(|n| n.name.clone())
+            };
             match tracer.records(Duration::from_millis(300), Duration::from_secs(10)) {
                 Ok(records) => {
                     let records: Vec<_> = records
                         .into_iter()
-                        .filter(|r| names.contains_key(&r.netns))
+                        .filter(|r| node_of(r.netns).is_some())
                         .collect();
                     let table = solution_skb_path::hops(&records);
-                    let text = solution_skb_path::format_hop_table(&table, |netns| {
-                        names.get(&netns).cloned()
-                    });
+                    let text = solution_skb_path::format_hop_table(&table, node_of);
                     for line in text.lines() {
                         println!("  {line}");
                     }

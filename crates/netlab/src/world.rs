@@ -129,6 +129,12 @@ impl World {
         })
     }
 
+    /// The node whose network namespace has this inode — what `ls -l /proc/PID/ns/net`
+    /// shows, and what eBPF programs see as `net->ns.inum`.
+    pub fn node_by_inode(&self, inode: u64) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.inode() == inode)
+    }
+
     /// All nodes, in the topology's order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
