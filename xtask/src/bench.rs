@@ -48,6 +48,7 @@ pub fn bench(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode
         }
     }
     let opts = Options {
+        sudo: false,
         solution: true,
         timeout,
         skips_fail: false,

@@ -33,6 +33,8 @@ pub struct Options {
     pub skips_fail: bool,
     /// Print one line per test and the failure details (false: only return the results).
     pub verbose: bool,
+    /// Run the built check binaries through `sudo -E` (`check --sudo`).
+    pub sudo: bool,
 }
 
 /// Passed / failed / skipped counts.
@@ -110,11 +112,11 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
             style::dim(&format!("({shown_dir})")),
             style::bold("──")
         );
-        if ex.needs_root && !proc::is_root() {
+        if ex.needs_root && !proc::is_root() && !opts.sudo {
             println!(
                 "   {} {} needs root: as a normal user its checks report SKIPPED.\n   \
-                 To run them for real, build as yourself first, then run the same command with\n   \
-                 sudo -E env \"PATH=$PATH\" cargo xtask check {}",
+                 To run them for real: cargo xtask check {} --sudo\n   \
+                 (it builds as you, then runs only the built checks with sudo -E)",
                 style::yellow("note:"),
                 ex.id,
                 ex.id
@@ -167,7 +169,7 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
         );
     }
     for name in tests {
-        let verdict = run_one(&executable, &dir, &name, opts.timeout, root)?;
+        let verdict = run_one(&executable, &dir, &name, opts.timeout, root, opts.sudo)?;
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
             print_verdict(&name, &verdict, opts);
@@ -205,12 +207,21 @@ pub fn run_one(
     name: &str,
     timeout: Duration,
     root: &Path,
+    sudo: bool,
 ) -> Result<Verdict> {
     if style::interactive() {
         print!("  {}  {name}", style::dim("RUN "));
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
-    let mut cmd = Command::new(executable);
+    // With --sudo only the test binary runs as root, never cargo; each check still has
+    // its own time limits inside (rstest's #[timeout]) should the kill below be refused.
+    let mut cmd = if sudo && !proc::is_root() {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("-E").arg(executable);
+        sudo
+    } else {
+        Command::new(executable)
+    };
     cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
         .current_dir(cwd)
         .env("RUST_BACKTRACE", "0")

@@ -69,6 +69,10 @@ pub struct CheckArgs {
     /// Count a SKIP as a failure (always so when CI=true).
     #[arg(long)]
     pub no_skip: bool,
+    /// Build as you, then run only the built checks as root with `sudo -E` (the eBPF
+    /// exercises need root; never `sudo cargo`, which leaves root-owned files in target/).
+    #[arg(long)]
+    pub sudo: bool,
     #[command(flatten)]
     pub timeout: TimeoutArg,
 }

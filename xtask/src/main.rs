@@ -124,6 +124,7 @@ fn check(root: &Path, course: &Course, args: &CheckArgs) -> Result<ExitCode> {
         None => course.exercises.iter().collect(),
     };
     let opts = Options {
+        sudo: args.sudo,
         solution: args.solution,
         timeout: args.timeout.duration(),
         skips_fail: args.no_skip || check_runner::in_ci(),

@@ -62,6 +62,7 @@ fn run_all(
     tally: &mut Tally,
 ) -> Result<()> {
     let opts = Options {
+        sudo: false,
         solution: true,
         timeout,
         skips_fail: true,

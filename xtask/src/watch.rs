@@ -29,6 +29,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Option<SystemTime>> {
 
 pub fn watch(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode> {
     let opts = Options {
+        sudo: false,
         solution: false,
         timeout,
         skips_fail: check_runner::in_ci(),

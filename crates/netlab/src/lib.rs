@@ -58,6 +58,6 @@ pub fn require_sandbox() -> &'static sandbox::Sandbox {
 pub fn require_root(what: &str) {
     // SAFETY: no arguments.
     if unsafe { libc::geteuid() } != 0 || require_sandbox().user_namespace {
-        skip!("{what} needs root: run `sudo -E env PATH=$PATH cargo xtask check …` (build as yourself first)");
+        skip!("{what} needs root: run `cargo xtask check <exercise> --sudo` (it builds as you, then runs only the built checks with sudo -E; never `sudo cargo`)");
     }
 }
