@@ -236,6 +236,8 @@ pub fn run_one(
 
 /// `  OK    name`, `  FAIL  name` (+ details), `  SKIP  name (why)`.
 pub fn print_verdict(name: &str, verdict: &Verdict, opts: Options) {
+    // Every check lives in the module `check` (see tests/check.rs): say it once, not per line.
+    let name = name.replacen("check::", "", 1);
     let indent = |lines: &[String]| {
         for line in lines {
             if line.trim().is_empty() {
