@@ -432,6 +432,26 @@ fn nft_drop_rule_is_netfilter_drop() {
     });
 }
 
+/// Namespaces A (10.99.0.1) and B (10.99.0.2) joined by a veth cable; B DNATs UDP port 47003
+/// to 47004, where nothing listens — so an skb sent from A to B:47003 changes its tuple in B
+/// and dies there with NO_SOCKET.
+fn cable_with_dnat_to_a_closed_port() -> (Netns, Netns) {
+    let a = Netns::new();
+    let b = Netns::new();
+    a.sh(&format!(
+        "ip link add name tr-a type veth peer name tr-b netns {} && \
+         ip addr add 10.99.0.1/24 dev tr-a && ip link set tr-a up",
+        b.path.display()
+    ));
+    b.sh(
+        "ip addr add 10.99.0.2/24 dev tr-b && ip link set tr-b up && \
+         nft add table ip tracer_test && \
+         nft add chain ip tracer_test pre '{ type nat hook prerouting priority -100; }' && \
+         nft add rule ip tracer_test pre udp dport 47003 dnat to 10.99.0.2:47004",
+    );
+    (a, b)
+}
+
 /// Two namespaces joined by a veth cable; B DNATs port 47003 to 47004, where nothing listens.
 /// `path --track-skb` with the filter `dst port 47003` must follow the skb from A into B and to
 /// its drop even though, after the DNAT, its tuple says 47004.
@@ -439,19 +459,7 @@ fn nft_drop_rule_is_netfilter_drop() {
 fn path_track_skb_follows_the_skb_through_nat() {
     let _serial = need_root();
     hygienic(|| {
-        let a = Netns::new();
-        let b = Netns::new();
-        a.sh(&format!(
-            "ip link add name tr-a type veth peer name tr-b netns {} && \
-             ip addr add 10.99.0.1/24 dev tr-a && ip link set tr-a up",
-            b.path.display()
-        ));
-        b.sh(
-            "ip addr add 10.99.0.2/24 dev tr-b && ip link set tr-b up && \
-             nft add table ip tracer_test && \
-             nft add chain ip tracer_test pre '{ type nat hook prerouting priority -100; }' && \
-             nft add rule ip tracer_test pre udp dport 47003 dnat to 10.99.0.2:47004",
-        );
+        let (a, b) = cable_with_dnat_to_a_closed_port();
         let t = Tracer::start(&[
             "path",
             "--track-skb",
@@ -635,19 +643,7 @@ fn sigterm_exits_cleanly_with_a_summary() {
 fn path_without_track_skb_loses_the_skb_after_nat() {
     let _serial = need_root();
     hygienic(|| {
-        let a = Netns::new();
-        let b = Netns::new();
-        a.sh(&format!(
-            "ip link add name tr-a type veth peer name tr-b netns {} && \
-             ip addr add 10.99.0.1/24 dev tr-a && ip link set tr-a up",
-            b.path.display()
-        ));
-        b.sh(
-            "ip addr add 10.99.0.2/24 dev tr-b && ip link set tr-b up && \
-             nft add table ip tracer_test && \
-             nft add chain ip tracer_test pre '{ type nat hook prerouting priority -100; }' && \
-             nft add rule ip tracer_test pre udp dport 47003 dnat to 10.99.0.2:47004",
-        );
+        let (a, b) = cable_with_dnat_to_a_closed_port();
         let t = Tracer::start(&["path", "--duration", "3", "udp and dst port 47003"]);
         let sport = a.send_udp("10.99.0.2:47003");
         let (events, err) = t.finish();
