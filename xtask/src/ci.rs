@@ -14,17 +14,8 @@ use course::Course;
 
 use crate::check_runner::Tally;
 use crate::cli::SetupArgs;
-use crate::devcheck::{print_step, step_ok};
+use crate::devcheck::{count, step_ok};
 use crate::{devcheck, proc, rootless, setup, snapshot, style};
-
-fn count(tally: &mut Tally, name: &str, ok: bool) {
-    print_step(name, ok);
-    if ok {
-        tally.passed += 1;
-    } else {
-        tally.failed += 1;
-    }
-}
 
 fn heading(text: &str) {
     println!();
@@ -42,25 +33,9 @@ pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode>
     }
 
     heading("format and lints");
-    let ok = step_ok(
-        proc::cargo()
-            .current_dir(root)
-            .args(["fmt", "--all", "--", "--check"]),
-    );
-    count(&mut tally, "cargo fmt --all -- --check", ok);
-    let ok = step_ok(proc::cargo().current_dir(root).args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]));
-    count(
-        &mut tally,
-        "cargo clippy --workspace --all-targets -- -D warnings",
-        ok,
-    );
+    for (name, ok) in devcheck::lints(root) {
+        count(&mut tally, name, ok);
+    }
 
     heading("unit tests of the course's own crates");
     let mut cmd = proc::cargo();

@@ -42,15 +42,22 @@ fn short(verdict: Option<&Verdict>) -> String {
 
 pub fn dev_check(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode> {
     let mut tally = prove_checks(root, course, timeout)?;
-    for (name, ok) in [
-        (
-            "cargo test -p course",
-            step_ok(
-                proc::cargo()
-                    .current_dir(root)
-                    .args(["test", "-p", "course"]),
-            ),
-        ),
+    let course_tests = step_ok(
+        proc::cargo()
+            .current_dir(root)
+            .args(["test", "-p", "course"]),
+    );
+    for (name, ok) in std::iter::once(("cargo test -p course", course_tests)).chain(lints(root)) {
+        count(&mut tally, name, ok);
+    }
+    println!("{}", tally.summary_line());
+    Ok(crate::exit(tally.failed == 0))
+}
+
+/// The workspace's lints, as (step name, passed): rustfmt and clippy with warnings denied.
+/// Shared by `dev-check` and `test`.
+pub fn lints(root: &Path) -> [(&'static str, bool); 2] {
+    [
         (
             "cargo fmt --all -- --check",
             step_ok(
@@ -70,16 +77,7 @@ pub fn dev_check(root: &Path, course: &Course, timeout: Duration) -> Result<Exit
                 "warnings",
             ])),
         ),
-    ] {
-        print_step(name, ok);
-        if ok {
-            tally.passed += 1;
-        } else {
-            tally.failed += 1;
-        }
-    }
-    println!("{}", tally.summary_line());
-    Ok(crate::exit(tally.failed == 0))
+    ]
 }
 
 /// Run a command visibly; false if it failed or could not start.
@@ -88,6 +86,16 @@ pub fn step_ok(cmd: &mut Command) -> bool {
         println!("{error:#}");
         false
     })
+}
+
+/// Print a step's OK/FAIL line and count it in `tally`.
+pub fn count(tally: &mut Tally, name: &str, ok: bool) {
+    print_step(name, ok);
+    if ok {
+        tally.passed += 1;
+    } else {
+        tally.failed += 1;
+    }
 }
 
 pub fn print_step(name: &str, ok: bool) {
