@@ -26,6 +26,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use netlab::World;
 
+mod homework;
+pub mod proc_net;
+pub use homework::Accepted;
+
 pub use solution_udp_echo::Outcome;
 pub use solution_world::story_world;
 
