@@ -66,8 +66,15 @@ pub struct SocketEntry {
     pub state: u8,
 }
 
-/// TCP's ESTABLISHED in `/proc/net/tcp`'s `st` column.
-pub const TCP_ESTABLISHED: u8 = 0x01;
+/// The name of a TCP state number of `/proc/net/tcp`'s `st` column (the kernel's
+/// `TCP_ESTABLISHED` = 1 … `TCP_CLOSING` = 11, in the order of `include/net/tcp_states.h`).
+pub fn tcp_state_name(state: u8) -> &'static str {
+    const NAMES: [&str; 12] = [
+        "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+        "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING",
+    ];
+    NAMES.get(usize::from(state)).copied().unwrap_or("?")
+}
 
 /// Parse `/proc/net/tcp` or `/proc/net/udp` (IPv4). Addresses are printed as the
 /// 32-bit word in memory, in hex (so `EF00A8C0` on a little-endian machine is
@@ -135,12 +142,13 @@ mod tests {
              0: {ip:08X}:0FA0 {peer:08X}:8610 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 10 0 0 10 -1\n"
         );
         let entries = parse_socket_table(&text).unwrap();
+        assert_eq!(tcp_state_name(entries[0].state), "ESTABLISHED");
         assert_eq!(
             entries,
             [SocketEntry {
                 local: "192.168.0.239:4000".parse().unwrap(),
                 remote: "172.18.0.3:34320".parse().unwrap(),
-                state: TCP_ESTABLISHED,
+                state: 1,
             }]
         );
     }
