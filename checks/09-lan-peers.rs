@@ -31,7 +31,8 @@ const PEER_REPLY_TUPLE: &str = "src=192.168.0.239 dst=192.168.0.10 sport=4000 dp
 /// A rule whose only effect is that `peer` tracks its flows, so that its conntrack
 /// table can testify to what came back (a namespace without such a rule tracks
 /// nothing). It accepts everything, as before.
-const PEER_TRACKS_ITS_FLOWS: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+const PEER_TRACKS_ITS_FLOWS: &str =
+    "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
 -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\nCOMMIT\n";
 
 fn at(ip: &str, port: u16) -> SocketAddr {
@@ -117,7 +118,9 @@ fn the_host_s_conntrack_holds_the_dnat_entry_to_dind1(experiment: Experiment) {
     let entry = table
         .lines()
         .find(|l| l.contains(PEER_FLOW))
-        .unwrap_or_else(|| panic!("the host should track the peer's flow {PEER_FLOW}; its table:\n{table}"));
+        .unwrap_or_else(|| {
+            panic!("the host should track the peer's flow {PEER_FLOW}; its table:\n{table}")
+        });
     assert!(
         entry.contains(HOST_REPLY_TUPLE),
         "the host's entry should expect the answer from 172.18.0.2:4000 — the DNAT of Docker's rule \
@@ -168,9 +171,16 @@ fn the_userland_proxy_received_no_datagram(experiment: Experiment) {
     // dind2, talks to the same address — through the proxy.
     let before = proc_net::snmp(&story.world, "host").unwrap();
     let outcome = story
-        .client_ask(at(story::HOST_LAN, story::PORT), b"ping", Duration::from_millis(500))
+        .client_ask(
+            at(story::HOST_LAN, story::PORT),
+            b"ping",
+            Duration::from_millis(500),
+        )
         .unwrap();
-    assert!(matches!(outcome, Outcome::NoReply { .. }), "control: the story's client should still lose its answer ({outcome:?})");
+    assert!(
+        matches!(outcome, Outcome::NoReply { .. }),
+        "control: the story's client should still lose its answer ({outcome:?})"
+    );
     let after = proc_net::snmp(&story.world, "host").unwrap();
     assert!(
         after.delta(&before, "Udp.InDatagrams") >= 2,
@@ -199,7 +209,14 @@ fn find_flow_matches_the_original_direction(
     #[case] to: &str,
     #[case] line: Option<usize>,
 ) {
-    let found = find_flow(RECORDED_HOST_TABLE, from.parse().unwrap(), to.parse().unwrap());
+    let found = find_flow(
+        RECORDED_HOST_TABLE,
+        from.parse().unwrap(),
+        to.parse().unwrap(),
+    );
     let expected = line.map(|n| RECORDED_HOST_TABLE.lines().nth(n).unwrap());
-    assert_eq!(found, expected, "the flow {from} → {to} in:\n{RECORDED_HOST_TABLE}");
+    assert_eq!(
+        found, expected,
+        "the flow {from} → {to} in:\n{RECORDED_HOST_TABLE}"
+    );
 }

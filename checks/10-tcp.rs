@@ -177,7 +177,10 @@ fn no_segment_is_dropped_on_the_way_back(tcp_story: TcpStory) {
         );
     }
     // The client's flow in dind2 saw its answers, from the address it connected to.
-    let flow = tcp_story.tcp_flow("dind2", "src=172.17.0.2 dst=192.168.0.239 sport=34320 dport=4000");
+    let flow = tcp_story.tcp_flow(
+        "dind2",
+        "src=172.17.0.2 dst=192.168.0.239 sport=34320 dport=4000",
+    );
     assert!(
         flow.contains("src=192.168.0.239 dst=172.18.0.3 sport=4000 dport=34320")
             && flow.contains("[ASSURED]")
@@ -205,6 +208,13 @@ fn the_relay_copies_both_ways_until_the_client_is_done(tcp_story: TcpStory) {
     // well below what the sockets on the way can hold.)
     let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
     let echo = tcp_story.ask(&payload);
-    assert_eq!(echo.len(), payload.len(), "the echo should be as long as what was sent");
-    assert!(echo == payload, "the echo should be byte for byte what was sent");
+    assert_eq!(
+        echo.len(),
+        payload.len(),
+        "the echo should be as long as what was sent"
+    );
+    assert!(
+        echo == payload,
+        "the echo should be byte for byte what was sent"
+    );
 }

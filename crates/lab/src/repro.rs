@@ -9,6 +9,8 @@ use story::{Outcome, Story};
 
 use crate::style::{bold, dim, green, red};
 
+mod homework;
+
 /// How long the client waits, as in the story (it simply times out).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -79,6 +81,8 @@ pub fn run() -> Result<()> {
             println!("  [client] {} after {waited:.1?}", red("no reply"))
         }
     }
+
+    homework::run(7)?;
 
     println!();
     let reproduced = matches!(outcome, Outcome::NoReply { .. })

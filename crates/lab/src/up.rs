@@ -15,6 +15,8 @@ pub fn run() -> Result<()> {
     let signals = block_stop_signals();
 
     let mut story = Story::reference(true).context("building the world")?;
+    // Homework 2: a TCP relay in `host`, as docker-proxy for `-p 4000:4000/tcp`.
+    let _tcp_accepted = story.start_reference_tcp_relay(true)?;
     story.world.spawn_service("server", "tcp-echo-server", || {
         let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -32,7 +34,7 @@ pub fn run() -> Result<()> {
         println!("  {:<8} {}", node.name, node.inode());
     }
     println!(
-        "\n  running: UDP and TCP echo servers on 0.0.0.0:4000 in server; the userland UDP proxy on 0.0.0.0:4000 in host\n\
+        "\n  running: UDP and TCP echo servers on 0.0.0.0:4000 in server; the userland UDP proxy and a TCP relay on 0.0.0.0:4000 in host\n\
          \n  Explore from another terminal, for example:\n\
          \x20   cargo xtask lab exec client -- python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((\"\", 34320)); s.settimeout(2); s.sendto(b\"hi\", (\"192.168.0.239\", 4000)); print(s.recvfrom(100))'\n\
          \x20   cargo xtask lab exec dind2 -- cat /proc/net/nf_conntrack\n\

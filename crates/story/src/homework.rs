@@ -76,9 +76,20 @@ impl Story {
     /// channel — and, with `print_log`, printed.
     pub fn start_reference_tcp(&mut self, print_log: bool) -> Result<mpsc::Receiver<Accepted>> {
         self.start_tcp_echo_server(solution_tcp::run_tcp_echo_server)?;
+        self.start_reference_tcp_relay(print_log)
+    }
+
+    /// The course's TCP relay alone, in `host` (for a world whose `server` already runs
+    /// a TCP echo server). Accepted connections are reported as by
+    /// [`Story::start_reference_tcp`].
+    pub fn start_reference_tcp_relay(
+        &mut self,
+        print_log: bool,
+    ) -> Result<mpsc::Receiver<Accepted>> {
         let (accepted_tx, accepted) = mpsc::channel();
         self.start_tcp_relay(move |listener, backend| {
             solution_tcp::run_tcp_relay(listener, backend, move |stream| {
+                // getsockname and getpeername of the accepted socket: the kernel's answer.
                 let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
                     return;
                 };
@@ -93,7 +104,12 @@ impl Story {
 
     /// The course's TCP client (exercise 10's reference answer), run in `client` from
     /// 0.0.0.0:34320: connect to `to`, send `payload`, return the echo.
-    pub fn tcp_client_ask(&self, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+    pub fn tcp_client_ask(
+        &self,
+        to: SocketAddr,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         let local = SocketAddr::from(([0, 0, 0, 0], CLIENT_PORT));
         Ok(self
             .world

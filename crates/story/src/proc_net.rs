@@ -70,8 +70,18 @@ pub struct SocketEntry {
 /// `TCP_ESTABLISHED` = 1 … `TCP_CLOSING` = 11, in the order of `include/net/tcp_states.h`).
 pub fn tcp_state_name(state: u8) -> &'static str {
     const NAMES: [&str; 12] = [
-        "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
-        "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING",
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
     ];
     NAMES.get(usize::from(state)).copied().unwrap_or("?")
 }
