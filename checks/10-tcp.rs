@@ -36,8 +36,8 @@ struct AcceptedSocket {
     local: std::io::Result<SocketAddr>,
     /// `getpeername` of the accepted socket.
     peer: std::io::Result<SocketAddr>,
-    /// host's `/proc/net/tcp` at that moment.
-    host_sockets: Vec<SocketEntry>,
+    /// host's `/proc/net/tcp` at that moment (or why it could not be read).
+    host_sockets: Result<Vec<SocketEntry>, String>,
 }
 
 /// The story's world with your TCP echo server and relay running.
@@ -62,7 +62,7 @@ fn tcp_story() -> TcpStory {
                 let _ = report.send(AcceptedSocket {
                     local: stream.local_addr(),
                     peer: stream.peer_addr(),
-                    host_sockets: proc_net::tcp_sockets_here().unwrap_or_default(),
+                    host_sockets: proc_net::tcp_sockets_here().map_err(|e| format!("{e:#}")),
                 });
             })
         })
@@ -142,14 +142,16 @@ fn the_accepted_socket_s_local_address_is_192_168_0_239_4000(tcp_story: TcpStory
     // The same fact in host's socket table, read at that moment: the connection's socket
     // (ESTABLISHED — or already CLOSE_WAIT if the client's FIN arrived before `accept`).
     let client = at(story::DIND2, story::CLIENT_PORT);
-    let connection = accepted
+    let host_sockets = accepted
         .host_sockets
+        .unwrap_or_else(|e| panic!("reading host's /proc/net/tcp: {e}"));
+    let connection = host_sockets
         .iter()
         .find(|s| SocketAddr::V4(s.remote) == client)
         .unwrap_or_else(|| {
             panic!(
                 "host's /proc/net/tcp should list the client's connection (remote 172.18.0.3:34320); it listed: {:?}",
-                accepted.host_sockets
+                host_sockets
             )
         });
     assert_eq!(
