@@ -161,6 +161,11 @@ fn the_userland_proxy_received_no_datagram(experiment: Experiment) {
         sockets.iter().any(|s| SocketAddr::V4(s.local) == listening),
         "the userland proxy should be listening on 0.0.0.0:4000 in host; host's UDP sockets: {sockets:?}"
     );
+    assert!(
+        sockets.iter().all(|s| SocketAddr::V4(s.local) == listening),
+        "the proxy's listener should be host's only UDP socket (the proxy opens an upstream socket only for a \
+         client it has heard from); host's UDP sockets: {sockets:?}"
+    );
     let received = host_after.delta(&host_before, "Udp.InDatagrams");
     assert_eq!(
         received, 0,
