@@ -85,21 +85,17 @@ impl Registration {
         }
         for (node, fd) in &self.fds {
             let registered = self.nodes.get(node).copied();
-            match std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
-                Ok(meta) if Some(meta.ino()) == registered => {}
-                Ok(meta) => {
-                    return Some(format!(
-                        "process {pid} no longer holds {node}'s namespace (its descriptor {fd} \
-                         is inode {}, registered {registered:?})",
-                        meta.ino()
-                    ))
-                }
+            let held = match std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+                Ok(meta) if Some(meta.ino()) == registered => continue,
+                Ok(meta) => format!("its descriptor {fd} is inode {}", meta.ino()),
                 // Another user's process (we are not root): we cannot look, which is fine.
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-                Err(_) => return Some(format!(
-                    "process {pid} no longer holds {node}'s namespace (descriptor {fd} is closed)"
-                )),
-            }
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => continue,
+                Err(_) => format!("its descriptor {fd} is closed"),
+            };
+            return Some(format!(
+                "process {pid} no longer holds {node}'s namespace ({held}, registered {})",
+                registered.map_or("nothing".to_string(), |inode| format!("inode {inode}"))
+            ));
         }
         None
     }
