@@ -1,80 +1,117 @@
-//! `lab exec NODE -- CMD…` — run any program inside a node of the world that `lab up`
-//! keeps running (found through the file it registered, see `World::publish`).
+//! `lab exec [--lab PID] NODE -- CMD…` — run any program inside a node of the world that
+//! `lab up` keeps running, found through the file it registered (see the `lab-registry`
+//! crate).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 use anyhow::{bail, Context, Result};
-use netlab::world::{registry_dir, Registry};
+use lab_registry::{running_labs, Lab, Scan};
+use nix::sched::{setns, CloneFlags};
 
-pub fn run(node: &str, command: &[String]) -> Result<i32> {
-    let registry = running_world()?;
-    let Some(fd) = registry.fds.get(node) else {
-        let nodes: Vec<&str> = registry.nodes.keys().map(String::as_str).collect();
+use crate::style::dim;
+
+/// Runs `command` in `node` and returns its exit code, as a shell would: the command's
+/// own code, or 128 + N when signal N killed it (`kill -TERM` gives 143).
+pub fn run(node: &str, command: &[String], lab: Option<u32>) -> Result<i32> {
+    let Lab { file, registration } = choose_lab(running_labs(), lab)?;
+    let pid = registration.pid;
+    let (Some(fd), Some(inode)) = (registration.fds.get(node), registration.nodes.get(node)) else {
+        let nodes: Vec<&str> = registration.nodes.keys().map(String::as_str).collect();
         bail!(
-            "the running world has no node called `{node}` (its nodes: {})",
-            nodes.join(", ")
+            "the running world has no node called `{node}` (its nodes: {}; registered in {})",
+            nodes.join(", "),
+            file.display()
         );
     };
-    let netns = File::open(format!("/proc/{}/fd/{fd}", registry.pid)).with_context(|| {
+    let netns = File::open(format!("/proc/{pid}/fd/{fd}")).with_context(|| {
         format!(
-            "cannot reach {node}'s namespace in lab process {}",
-            registry.pid
+            "cannot reach {node}'s namespace in lab process {pid} (registered in {})",
+            file.display()
         )
     })?;
-    if Some(&netns.metadata()?.ino()) != registry.nodes.get(node) {
+    if netns.metadata()?.ino() != *inode {
         bail!(
-            "lab process {} no longer holds {node} (stale registry): restart `cargo xtask lab up`",
-            registry.pid
+            "lab process {pid} no longer holds {node} (registered in {}): restart `cargo xtask lab up`",
+            file.display()
         );
     }
     // Without root, the world lives in the lab's user namespace: join it first.
-    let userns = match registry.user_namespace {
-        true => Some(File::open(format!("/proc/{}/ns/user", registry.pid))?),
+    let userns = match registration.user_namespace {
+        true => Some(File::open(format!("/proc/{pid}/ns/user")).with_context(|| {
+            format!(
+                "cannot reach the user namespace of lab process {pid} (registered in {})",
+                file.display()
+            )
+        })?),
         false => None,
     };
-    let (netns_fd, userns_fd) = (netns.as_raw_fd(), userns.as_ref().map(|f| f.as_raw_fd()));
     let mut child = std::process::Command::new(netlab::programs::find(&command[0]));
     child.args(&command[1..]);
-    // SAFETY: only setns calls between fork and exec.
+    // SAFETY: `pre_exec` runs the closure in the forked child, where only
+    // async-signal-safe calls are allowed: it makes two `setns` system calls on
+    // descriptors opened (with O_CLOEXEC) before the fork, and allocates nothing.
     unsafe {
         child.pre_exec(move || {
-            if let Some(fd) = userns_fd {
-                if libc::setns(fd, libc::CLONE_NEWUSER) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(userns) = &userns {
+                setns(userns, CloneFlags::CLONE_NEWUSER)?;
             }
-            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            setns(&netns, CloneFlags::CLONE_NEWNET)?;
             Ok(())
         });
     }
     let status = child
         .status()
         .with_context(|| format!("cannot run `{}` in {node}", command[0]))?;
-    Ok(status.code().unwrap_or(1))
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    })
 }
 
-/// The newest registered world whose process is still alive.
-fn running_world() -> Result<Registry> {
-    let dir = registry_dir();
-    let mut worlds: Vec<(std::time::SystemTime, Registry)> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let registry: Registry =
-                serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
-            let alive = std::path::Path::new(&format!("/proc/{}", registry.pid)).exists();
-            alive.then(|| Some((entry.metadata().ok()?.modified().ok()?, registry)))?
-        })
-        .collect();
-    worlds.sort_by_key(|(modified, _)| *modified);
-    match worlds.pop() {
-        Some((_, registry)) => Ok(registry),
-        None => bail!("no lab is running: start one with `cargo xtask lab up` in another terminal (looked in {})", dir.display()),
+/// The lab to join: the one `--lab PID` names, else the only one running, else the
+/// newest (saying so on stderr, with how to choose another).
+fn choose_lab(scan: Scan, wanted: Option<u32>) -> Result<Lab> {
+    for note in &scan.notes {
+        eprintln!("{}", dim(&format!("note: {note}")));
     }
+    let looked_in: Vec<String> = scan
+        .looked_in
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect();
+    let looked_in = looked_in.join(" and ");
+    let listing = |labs: &[Lab]| -> String {
+        labs.iter()
+            .map(|lab| format!("{} ({})", lab.registration.pid, lab.file.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut labs = scan.labs;
+    if let Some(pid) = wanted {
+        return match labs.iter().position(|lab| lab.registration.pid == pid) {
+            Some(index) => Ok(labs.swap_remove(index)),
+            None if labs.is_empty() => bail!(
+                "no lab is running (looked in {looked_in}), so none with pid {pid}: \
+                 start one with `cargo xtask lab up` in another terminal"
+            ),
+            None => bail!("no running lab has pid {pid}; running: {}", listing(&labs)),
+        };
+    }
+    let count = labs.len();
+    let Some(newest) = labs.pop() else {
+        bail!("no lab is running: start one with `cargo xtask lab up` in another terminal (looked in {looked_in})");
+    };
+    if count > 1 {
+        eprintln!(
+            "{count} labs are running; joined the newest, pid {} ({}). \
+             Choose another with `--lab PID`: {}",
+            newest.registration.pid,
+            newest.file.display(),
+            listing(&labs)
+        );
+    }
+    Ok(newest)
 }

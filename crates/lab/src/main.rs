@@ -37,6 +37,9 @@ enum Command {
     Up,
     /// Run a command inside a node of the running world (`lab exec dind2 -- cat /proc/net/nf_conntrack`).
     Exec {
+        /// Which lab to join when several are running: its pid (the newest otherwise).
+        #[arg(long, value_name = "PID")]
+        lab: Option<u32>,
         /// host, dind1, dind2, server, client or peer.
         node: String,
         /// The command and its arguments (after `--`).
@@ -62,8 +65,8 @@ fn main() {
     }
     let result: Result<i32> = match cli.command {
         Command::Repro => repro::run().map(|()| 0),
-        Command::Up => up::run().map(|()| 0),
-        Command::Exec { node, command } => exec::run(&node, &command),
+        Command::Up => up::run(),
+        Command::Exec { lab, node, command } => exec::run(&node, &command, lab),
         Command::Script => {
             print!("{}", script());
             Ok(0)

@@ -3,16 +3,27 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
+use lab_registry::{Location, Registration, RegistryDir};
+use nix::sys::signal::{SigSet, Signal};
 use story::Story;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::style::{bold, dim};
 
-pub fn run() -> Result<()> {
-    // Ctrl-C and SIGTERM are received by `wait_for_stop_signal` below. Blocking them now,
-    // before any thread exists, means every thread inherits the block and none of them
-    // is killed half-way: we tear the world down ourselves, then exit.
-    let signals = block_stop_signals();
+/// Runs until Ctrl-C (or SIGTERM, SIGHUP) and returns the exit code a shell gives a
+/// program that signal stopped: 128 + its number (130 for Ctrl-C, 143 for SIGTERM), so
+/// that a script running `lab up` sees it was interrupted, not that it finished.
+pub fn run() -> Result<i32> {
+    // Ctrl-C and SIGTERM are received by `SigSet::wait` below. Blocking them now, before
+    // any thread exists, means every thread inherits the block and none of them is killed
+    // half-way: we tear the world down ourselves, then exit.
+    let signals = stop_signals();
+    signals
+        .thread_block()
+        .context("cannot block Ctrl-C and SIGTERM")?;
+    // Checked before the world is built, so that a registry directory another user
+    // controls is reported at once, with the fix.
+    let registry = RegistryDir::create(&Location::own())?;
 
     let mut story = Story::reference(true).context("building the world")?;
     // Homework 2: a TCP relay in `host`, as docker-proxy for `-p 4000:4000/tcp`.
@@ -23,7 +34,18 @@ pub fn run() -> Result<()> {
             .and_then(tokio::net::TcpListener::from_std);
         async move { run_tcp_echo(listener?).await }
     })?;
-    let registry = story.world.publish()?;
+    let registration = Registration::of_this_process(
+        netlab::sandbox::current()
+            .map(|sandbox| sandbox.user_namespace)
+            .unwrap_or(false),
+        story
+            .world
+            .nodes()
+            .iter()
+            .map(|node| (node.name.clone(), node.inode(), node.raw_fd())),
+    )?;
+    // Removed when `registered` is dropped, before the world goes.
+    let registered = registry.publish(&registration)?;
 
     println!("{}\n", bold("The story's world is up."));
     for line in story::story_world().picture().lines() {
@@ -41,15 +63,16 @@ pub fn run() -> Result<()> {
          \x20   cargo xtask lab exec host -- ip route get 172.18.0.3\n\
          \x20   cargo xtask lab exec host -- tcpdump -ni br-dind udp port 4000\n\
          \n  {}\n",
-        dim(&format!("(registered in {}; Ctrl-C tears everything down)", registry.display()))
+        dim(&format!("(registered in {}; Ctrl-C tears everything down)", registered.path().display()))
     );
-    let signal = wait_for_stop_signal(&signals);
+    let signal = signals.wait().context("waiting for Ctrl-C")?;
+    drop(registered);
     drop(story);
     println!(
         "\n{} — the world is torn down: every namespace, interface and program is gone.",
         signal_name(signal)
     );
-    Ok(())
+    Ok(128 + signal as i32)
 }
 
 /// A TCP echo server (homework 2 compares TCP with UDP).
@@ -68,30 +91,19 @@ async fn run_tcp_echo(listener: tokio::net::TcpListener) -> std::io::Result<()> 
     }
 }
 
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-mask manipulation on a set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// The signals that stop `lab up`: Ctrl-C, `kill`, and the terminal closing.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
     }
+    set
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: waits for one of the blocked signals in `set`.
-    unsafe { libc::sigwait(set, &mut signal) };
-    signal
-}
-
-fn signal_name(signal: i32) -> &'static str {
+fn signal_name(signal: Signal) -> &'static str {
     match signal {
-        libc::SIGINT => "Ctrl-C",
-        libc::SIGTERM => "SIGTERM",
+        Signal::SIGINT => "Ctrl-C",
+        Signal::SIGTERM => "SIGTERM",
         _ => "SIGHUP",
     }
 }

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -41,7 +40,6 @@ pub struct World {
     nodes: Vec<Node>,
     services: Vec<Service>,
     programs: Vec<Program>,
-    registry: Option<PathBuf>,
 }
 
 impl World {
@@ -62,7 +60,6 @@ impl World {
             nodes,
             services: Vec::new(),
             programs: Vec::new(),
-            registry: None,
         };
         world.build()?;
         Ok(world)
@@ -206,32 +203,6 @@ impl World {
         Ok(pid)
     }
 
-    /// Announce this world so that other programs (`lab exec`, the tracer's node names)
-    /// can find its namespaces while it runs. The file is removed on drop.
-    pub fn publish(&mut self) -> Result<PathBuf> {
-        let path = registry_dir().join(format!("{}.json", std::process::id()));
-        std::fs::create_dir_all(registry_dir())?;
-        let registry = Registry {
-            pid: std::process::id(),
-            user_namespace: crate::sandbox::current()
-                .map(|s| s.user_namespace)
-                .unwrap_or(false),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| (n.name.clone(), n.inode()))
-                .collect(),
-            fds: self
-                .nodes
-                .iter()
-                .map(|n| (n.name.clone(), n.raw_fd()))
-                .collect(),
-        };
-        std::fs::write(&path, serde_json::to_string_pretty(&registry)?)?;
-        self.registry = Some(path.clone());
-        Ok(path)
-    }
-
     /// Stop every service and report the first one that failed or panicked (a stub's
     /// `todo!()`, for instance). Dropping the world stops them too, silently.
     pub fn stop_services(&mut self) -> Result<()> {
@@ -254,29 +225,8 @@ impl Drop for World {
             let _ = program.child.kill();
             let _ = program.child.wait();
         }
-        if let Some(path) = self.registry.take() {
-            let _ = std::fs::remove_file(path);
-        }
         // The namespaces go when `nodes` is dropped, right after this.
     }
-}
-
-/// Where running worlds announce themselves: `${XDG_RUNTIME_DIR:-/tmp}/packet-drop-lab/`.
-pub fn registry_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("packet-drop-lab")
-}
-
-/// What [`World::publish`] writes: node name → netns inode, and the descriptors that
-/// hold them in process `pid` (reachable as `/proc/PID/fd/N`).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Registry {
-    pub pid: u32,
-    pub user_namespace: bool,
-    pub nodes: std::collections::BTreeMap<String, u64>,
-    pub fds: std::collections::BTreeMap<String, i32>,
 }
 
 #[derive(Debug)]

@@ -1,60 +1,53 @@
 //! Naming network namespaces: "netns 4026532417" becomes "dind2".
 //!
 //! The kernel only knows a namespace by its inode number. The course's lab registers each running
-//! world as a JSON file `${XDG_RUNTIME_DIR:-/tmp}/packet-drop-lab/<pid>.json`:
+//! world with the lab registry (the `lab-registry` crate): a JSON file
+//! `$XDG_RUNTIME_DIR/packet-drop-lab/<pid>.json`, or `${TMPDIR:-/tmp}/packet-drop-lab-<uid>/<pid>.json`
+//! without a private `XDG_RUNTIME_DIR`:
 //!
 //! ```json
-//! {"pid": 1234, "nodes": {"host": 4026532417, "dind1": 4026532501, "dind2": 4026532588}}
+//! {"pid": 1234, "start_time": 81234567, "nodes": {"host": 4026532417, "dind2": 4026532588}, ...}
 //! ```
 //!
-//! A file whose `pid` is no longer alive is stale (its world is gone) and ignored. The same format
-//! can be given explicitly with `--netns-names FILE` (always used, whatever its pid).
+//! Only registrations nobody else could have written are used: files of yours (under `sudo`, also
+//! of the user who ran sudo), in a directory nobody else can write to, opened without following
+//! symbolic links, whose lab is still running (the same process: pid *and* start time). Stale
+//! files are ignored, and removed from your own directory. The same format can be given
+//! explicitly with `--netns-names FILE` (always used, whatever its pid).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use lab_registry::Location;
 
-/// One registration file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Registration {
-    pub pid: u32,
-    pub nodes: BTreeMap<String, u32>,
-}
+pub use lab_registry::Registration;
 
-/// The directory where running labs register: `$XDG_RUNTIME_DIR/packet-drop-lab` or
-/// `/tmp/packet-drop-lab`.
+/// Your lab registry directory (see the module's documentation).
 pub fn registry_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("packet-drop-lab")
+    Location::own().path
 }
 
 /// Parses one registration file's text.
 pub fn parse_registration(text: &str) -> Result<Registration> {
-    serde_json::from_str(text)
-        .context(r#"expected {"pid": 1234, "nodes": {"NAME": NETNS_INODE, ...}}"#)
-}
-
-fn pid_alive(pid: u32) -> bool {
-    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+    Registration::parse(text)
 }
 
 /// Namespace inode → node name, from the lab's registrations and an optional explicit file.
 #[derive(Debug, Default)]
 pub struct NodeNames {
-    dir: Option<PathBuf>,
+    registry: Vec<Location>,
     explicit: HashMap<u32, String>,
     names: HashMap<u32, String>,
+    inodes: HashMap<String, u32>,
     last_scan: Option<Instant>,
 }
 
 impl NodeNames {
-    /// Names from `dir` (usually [`registry_dir`]) and, if given, the explicit file.
+    /// Names from the lab registry in `dir` and, if given, the explicit file. `dir` is usually
+    /// [`registry_dir`], which also brings in, under `sudo`, the registry of the user who ran
+    /// sudo; any other directory must be yours.
     pub fn new(dir: Option<PathBuf>, explicit_file: Option<&Path>) -> Result<NodeNames> {
         let mut explicit = HashMap::new();
         if let Some(file) = explicit_file {
@@ -63,54 +56,59 @@ impl NodeNames {
             let reg = parse_registration(&text)
                 .with_context(|| format!("bad --netns-names file {}", file.display()))?;
             for (name, ino) in reg.nodes {
+                let ino = u32::try_from(ino).with_context(|| {
+                    format!(
+                        "bad --netns-names file {}: inode {ino} of {name} is too large for a netns",
+                        file.display()
+                    )
+                })?;
                 explicit.insert(ino, name);
             }
         }
+        let registry = match dir {
+            None => Vec::new(),
+            Some(dir) if dir == registry_dir() => Location::all_to_read(),
+            Some(dir) => vec![Location::own_at(dir)],
+        };
         let mut n = NodeNames {
-            dir,
+            registry,
             explicit,
             ..Default::default()
         };
-        n.rescan();
+        for note in n.rescan() {
+            eprintln!("tracer: {note}");
+        }
         Ok(n)
     }
 
-    /// Re-reads the registration directory (files of dead processes are skipped).
-    pub fn rescan(&mut self) {
+    /// Re-reads the lab registry: the running labs' nodes, newest lab first for a name two labs
+    /// share, the explicit file before all. Returns what was ignored or removed, and why.
+    pub fn rescan(&mut self) -> Vec<String> {
         self.last_scan = Some(Instant::now());
-        self.names = self.explicit.clone();
-        let Some(dir) = &self.dir else { return };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        files.sort();
-        for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let Ok(reg) = parse_registration(&text) else {
-                continue;
-            };
-            if !pid_alive(reg.pid) {
-                continue;
-            }
-            for (name, ino) in reg.nodes {
-                self.names.entry(ino).or_insert(name);
-            }
+        let scan = lab_registry::scan(&self.registry);
+        let mut names = HashMap::new();
+        let mut inodes = HashMap::new();
+        // Oldest first: a newer lab's node of the same name replaces an older one's.
+        let registered = scan.labs.into_iter().flat_map(|lab| lab.registration.nodes);
+        for (name, ino) in
+            registered.filter_map(|(name, ino)| Some((name, u32::try_from(ino).ok()?)))
+        {
+            names.insert(ino, name.clone());
+            inodes.insert(name, ino);
         }
+        for (ino, name) in &self.explicit {
+            names.insert(*ino, name.clone());
+            inodes.insert(name.clone(), *ino);
+        }
+        self.names = names;
+        self.inodes = inodes;
+        scan.notes
     }
 
     /// The namespace inode of a node name (`--node dind2`), if a live lab or the explicit file
     /// has it.
     pub fn inode_of(&self, name: &str) -> Option<u32> {
-        self.names
-            .iter()
-            .find(|(_, n)| n.as_str() == name)
-            .map(|(ino, _)| *ino)
+        self.inodes.get(name).copied()
     }
 
     /// Every known node name, sorted (for error messages).
@@ -128,7 +126,7 @@ impl NodeNames {
                 .last_scan
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
         {
-            self.rescan();
+            let _ = self.rescan();
         }
         self.names.get(&netns).map(String::as_str)
     }
@@ -136,6 +134,8 @@ impl NodeNames {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -150,29 +150,39 @@ mod tests {
     }
 
     #[test]
-    fn live_registrations_only() {
+    fn live_trusted_registrations_only() {
         let dir = std::env::temp_dir().join(format!("tracer-nodes-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let me = std::process::id();
-        std::fs::write(
-            dir.join(format!("{me}.json")),
-            format!(r#"{{"pid": {me}, "nodes": {{"dind2": 111}}}}"#),
-        )
-        .unwrap();
+        let mut live = Registration::of_this_process(false, []).unwrap();
+        live.nodes.insert("dind2".into(), 111);
+        std::fs::write(dir.join(format!("{me}.json")), live.to_json()).unwrap();
         // pid 0 is never a live process: a stale registration.
         std::fs::write(dir.join("0.json"), r#"{"pid": 0, "nodes": {"ghost": 222}}"#).unwrap();
         std::fs::write(dir.join("junk.json"), "not json").unwrap();
+        // A file anybody could have written is not trusted, though its process (init) lives.
+        let mut init = Registration::of_this_process(false, []).unwrap();
+        init.pid = 1;
+        init.start_time = lab_registry::start_time_of(1).ok();
+        init.nodes.insert("forged".into(), 444);
+        let forged = dir.join("1.json");
+        std::fs::write(&forged, init.to_json()).unwrap();
+        std::fs::set_permissions(&forged, std::fs::Permissions::from_mode(0o666)).unwrap();
         let explicit = dir.join("explicit.names");
         std::fs::write(&explicit, r#"{"pid": 0, "nodes": {"host": 333}}"#).unwrap();
 
         let mut names = NodeNames::new(Some(dir.clone()), Some(&explicit)).unwrap();
         assert_eq!(names.name(111), Some("dind2"));
+        assert_eq!(names.inode_of("dind2"), Some(111));
         assert_eq!(names.name(222), None);
+        assert_eq!(names.name(444), None, "a file others can write is ignored");
         assert_eq!(
             names.name(333),
             Some("host"),
             "an explicit file is used whatever its pid"
         );
+        assert!(!dir.join("0.json").exists(), "the stale file was removed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
