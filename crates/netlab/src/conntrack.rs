@@ -9,9 +9,10 @@
 //! counts one reference less (the file holds one while it prints).
 //!
 //! [`read`] takes the table from one [`Source`]; [`read_any`] takes the `/proc` file when
-//! the kernel has it and falls back to `conntrack -L -o extended`, run inside the
-//! namespace. Set `NETLAB_CONNTRACK_SOURCE=conntrack` to force the fallback (to try the
-//! course's tooling as it runs on such kernels).
+//! the kernel has it and falls back to netlink ([`netlink::dump`], the course's own
+//! small ctnetlink reader, which prints the `/proc` format). Set
+//! `NETLAB_CONNTRACK_SOURCE=netlink` (or `conntrack`, for conntrack-tools) to force a
+//! fallback — to try the course's tooling as it runs on such kernels.
 
 use std::io::ErrorKind;
 use std::process::Stdio;
@@ -20,17 +21,21 @@ use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
 
+pub mod netlink;
+
 /// Where a conntrack table is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// `/proc/net/nf_conntrack`, as the namespace sees it (`/proc/thread-self/net/…`).
     ProcFs,
+    /// A ctnetlink dump by the course's own reader ([`netlink::dump`]), inside the namespace.
+    Netlink,
     /// `conntrack -L -o extended` (conntrack-tools, over netlink), run inside the namespace.
     ConntrackTool,
 }
 
 /// The environment variable that forces a [`Source`] in [`read_any`]:
-/// `proc` or `conntrack`.
+/// `proc`, `netlink` or `conntrack`.
 pub const SOURCE_VARIABLE: &str = "NETLAB_CONNTRACK_SOURCE";
 
 /// The namespace's table from `source`, one entry per line in the `/proc` format.
@@ -40,6 +45,9 @@ pub fn read(netns: &Netns, source: Source) -> Result<String> {
             .read_proc_net("nf_conntrack")
             .map_err(|error| proc_error(error.kind()))
             .map_err(anyhow::Error::msg),
+        Source::Netlink => netns
+            .run(netlink::dump)
+            .context("reading conntrack over netlink (NETLINK_NETFILTER)"),
         Source::ConntrackTool => {
             let mut command = netns.command("conntrack");
             command.args(["-L", "-o", "extended"]);
@@ -48,7 +56,7 @@ pub fn read(netns: &Netns, source: Source) -> Result<String> {
     }
 }
 
-/// The table from `/proc` when this kernel has it, otherwise from the `conntrack` tool.
+/// The table from `/proc` when this kernel has it, otherwise over netlink.
 /// Says which source it used.
 pub fn read_any(netns: &Netns) -> Result<(String, Source)> {
     match forced_source()? {
@@ -56,11 +64,11 @@ pub fn read_any(netns: &Netns) -> Result<(String, Source)> {
         None => match netns.read_proc_net("nf_conntrack") {
             Ok(table) => Ok((table, Source::ProcFs)),
             Err(error) if error.kind() == ErrorKind::NotFound => {
-                let table = read(netns, Source::ConntrackTool).context(
+                let table = read(netns, Source::Netlink).context(
                     "this kernel has no /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS \
                      is off), and the fallback failed",
                 )?;
-                Ok((table, Source::ConntrackTool))
+                Ok((table, Source::Netlink))
             }
             Err(error) => bail!(proc_error(error.kind())),
         },
@@ -72,10 +80,11 @@ pub fn forced_source() -> Result<Option<Source>> {
     match std::env::var(SOURCE_VARIABLE).ok().as_deref() {
         None | Some("") => Ok(None),
         Some("proc") => Ok(Some(Source::ProcFs)),
+        Some("netlink") => Ok(Some(Source::Netlink)),
         Some("conntrack") => Ok(Some(Source::ConntrackTool)),
-        Some(other) => {
-            bail!("{SOURCE_VARIABLE}={other:?}: say `proc` or `conntrack` (or leave it unset)")
-        }
+        Some(other) => bail!(
+            "{SOURCE_VARIABLE}={other:?}: say `proc`, `netlink` or `conntrack` (or leave it unset)"
+        ),
     }
 }
 
@@ -94,7 +103,7 @@ pub fn kernel_has_procfs_table() -> Option<bool> {
 
 fn proc_error(kind: ErrorKind) -> String {
     match kind {
-        ErrorKind::NotFound => "this kernel has no /proc/net/nf_conntrack (built without CONFIG_NF_CONNTRACK_PROCFS): read the table with `conntrack -L -o extended` instead".to_string(),
+        ErrorKind::NotFound => "this kernel has no /proc/net/nf_conntrack (built without CONFIG_NF_CONNTRACK_PROCFS): read the table over netlink instead (`conntrack -L -o extended`)".to_string(),
         ErrorKind::PermissionDenied => "/proc/net/nf_conntrack is not readable here (in a user namespace, only namespaces created inside it are; the first one, made by unshare itself, is owned by nobody)".to_string(),
         other => format!("cannot read /proc/net/nf_conntrack: {other}"),
     }
