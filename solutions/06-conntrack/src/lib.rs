@@ -230,7 +230,7 @@ pub fn parse_entry(line: &str) -> Result<Entry, String> {
     let (mut assured, mut mark, mut zone) = (false, 0, 0);
     // The rest: flags and `key=value` fields. Some depend on the kernel's options
     // (`secctx=`, `labels=`, `delta-time=`, `use=`); only those of an entry are kept.
-    while let Some(word) = words.rest.next() {
+    for word in words.rest.by_ref() {
         match word.split_once('=') {
             Some(("mark", value)) => mark = number(value)?,
             Some(("zone", value)) => zone = number(value)?,
