@@ -59,18 +59,19 @@ pub fn read(netns: &Netns, source: Source) -> Result<String> {
 /// The table from `/proc` when this kernel has it, otherwise over netlink.
 /// Says which source it used.
 pub fn read_any(netns: &Netns) -> Result<(String, Source)> {
-    match forced_source()? {
-        Some(source) => Ok((read(netns, source)?, source)),
-        None => match netns.read_proc_net("nf_conntrack") {
-            Ok(table) => Ok((table, Source::ProcFs)),
-            Err(error) if error.kind() == ErrorKind::NotFound => {
-                let table = read(netns, Source::Netlink).context(
-                    "this kernel has no /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS \
-                     is off), and the fallback failed",
-                )?;
-                Ok((table, Source::Netlink))
-            }
-            Err(error) => bail!(proc_error(error.kind())),
+    if let Some(source) = forced_source()? {
+        return Ok((read(netns, source)?, source));
+    }
+    match netns.read_proc_net("nf_conntrack") {
+        Ok(table) => Ok((table, Source::ProcFs)),
+        // No such file (CONFIG_NF_CONNTRACK_PROCFS off), or not readable here: the same
+        // table is behind netlink.
+        Err(error) => match read(netns, Source::Netlink) {
+            Ok(table) => Ok((table, Source::Netlink)),
+            Err(netlink) => bail!(
+                "{}; and over netlink: {netlink:#}",
+                proc_error(error.kind())
+            ),
         },
     }
 }
