@@ -97,6 +97,7 @@ pub fn examine(root: &Path) -> Vec<Item> {
     ] {
         items.push(tool(name, package, why));
     }
+    items.push(conntrack_table());
     items.push(nightly());
     items.push(cargo_tool(
         "bpf-linker",
@@ -331,6 +332,28 @@ fn docker_proxy(root: &Path) -> Item {
             "not in .course/tools/ (the story's real proxy, for comparison with yours)",
         )
         .fix("cargo xtask setup")
+    }
+}
+
+/// Is the conntrack table printed in `/proc/net/nf_conntrack`? Kernels built without
+/// `CONFIG_NF_CONNTRACK_PROCFS` have no such file; the course's tools (`repro`, the lab,
+/// `tracer --explain`) then read the table over netlink (`netlab::conntrack`).
+fn conntrack_table() -> Item {
+    let what = "/proc/net/nf_conntrack";
+    let release = read_sysctl("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = std::fs::read_to_string(format!("/boot/config-{release}")).ok();
+    let option = |line: &str| {
+        config
+            .as_deref()
+            .is_some_and(|c| c.lines().any(|l| l == line))
+    };
+    if Path::new(what).exists() || option("CONFIG_NF_CONNTRACK_PROCFS=y") {
+        Item::new(Level::Ok, what, "the kernel prints conntrack tables there")
+    } else if config.is_some() {
+        Item::new(Level::Warn, what, "this kernel is built without it (CONFIG_NF_CONNTRACK_PROCFS is off): the course's tools read conntrack over netlink instead")
+            .fix("nothing to do; to see a table yourself: cargo xtask lab exec dind2 -- conntrack -L -o extended")
+    } else {
+        Item::new(Level::Ok, what, "not visible before conntrack is loaded; where the kernel lacks it, the course reads conntrack over netlink")
     }
 }
 

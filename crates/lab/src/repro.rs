@@ -55,11 +55,14 @@ pub fn run() -> Result<()> {
 
     hops::show(hop_tracer, &story);
 
-    step(
-        5,
-        "dind2's conntrack table (/proc/net/nf_conntrack inside dind2)",
-    );
-    let table = story.world.conntrack("dind2")?;
+    // From /proc, or over netlink on kernels built without /proc/net/nf_conntrack.
+    let (table, source) = netlab::conntrack::read_any(story.world.node("dind2")?)?;
+    let from = match source {
+        netlab::conntrack::Source::ProcFs => "/proc/net/nf_conntrack inside dind2",
+        netlab::conntrack::Source::Netlink => "read over netlink inside dind2",
+        netlab::conntrack::Source::ConntrackTool => "`conntrack -L -o extended` inside dind2",
+    };
+    step(5, &format!("dind2's conntrack table ({from})"));
     for line in table.lines().filter(|l| l.contains("udp")) {
         println!("  {}", compact(line));
     }
@@ -171,52 +174,39 @@ fn compact(line: &str) -> String {
         .join(" ")
 }
 
-/// Read the story out of a conntrack table: the client's flow waits for an answer from
-/// one address; an unrelated flow shows the answer that actually came.
+/// Read the story out of a conntrack table, parsed into typed entries by exercise 6's
+/// reference answer: the client's flow waits for an answer from one address; the answer
+/// that actually came is claimed by no flow but the one it started itself.
 fn explain(table: &str) -> Option<String> {
-    let flows: Vec<Vec<(&str, &str)>> = table
-        .lines()
-        .map(|l| {
-            l.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .collect()
-        })
-        .collect();
-    // The client's flow: it has a reply tuple that differs from its original (NAT).
-    let request = flows
+    use solution_conntrack::{claimant, parse_table, Direction, Protocol, L4};
+    let entries = parse_table(table).ok()?;
+    // The client's flow: UDP from its port to the published port.
+    let client = L4::Ports {
+        sport: story::CLIENT_PORT,
+        dport: story::PORT,
+    };
+    let request = entries
         .iter()
-        .find(|f| field(f, "dport", 0) == Some("4000") && field(f, "sport", 0) == Some("34320"))?;
-    let expected = format!(
-        "{}:{}",
-        field(request, "src", 1)?,
-        field(request, "sport", 1)?
-    );
-    let to = format!(
-        "{}:{}",
-        field(request, "dst", 1)?,
-        field(request, "dport", 1)?
-    );
-    let stray = flows.iter().find(|f| {
-        field(f, "dport", 0) == Some("34320")
-            && format!(
-                "{}:{}",
-                field(f, "dst", 0).unwrap_or(""),
-                field(f, "dport", 0).unwrap_or("")
-            ) == to
-    })?;
-    let got = format!("{}:{}", field(stray, "src", 0)?, field(stray, "sport", 0)?);
+        .find(|e| e.protocol == Protocol::Udp && e.original.l4 == client)?;
+    let expected = request.reply;
+    // The answer that came: same destination and ports as the expected one, another
+    // source. Conntrack claims it for no flow but the one it started itself.
+    let arrived = entries
+        .iter()
+        .map(|e| e.original)
+        .find(|t| t.dst == expected.dst && t.l4 == expected.l4 && t.src != expected.src)?;
+    let claim = claimant(&entries, &Protocol::Udp, &arrived)?;
+    if claim.direction != Direction::Original || claim.entry == request {
+        return None;
+    }
+    let L4::Ports { sport, dport } = expected.l4 else {
+        return None;
+    };
     Some(format!(
-        "dind2 expected the answer from {expected}; it came from {got}. No conntrack match, so no reverse NAT,\n  \
-         so no socket for {to}: the kernel drops it (NO_SOCKET) and answers with ICMP port unreachable."
+        "dind2 expected the answer from {}:{sport}; it came from {}:{sport}. No conntrack match, so no reverse NAT,\n  \
+         so no socket for {}:{dport}: the kernel drops it (NO_SOCKET) and answers with ICMP port unreachable.",
+        expected.src, arrived.src, expected.dst
     ))
-}
-
-/// The `nth` value of `key` in a conntrack entry (0 = original direction, 1 = reply).
-fn field<'a>(flow: &[(&'a str, &'a str)], key: &str, nth: usize) -> Option<&'a str> {
-    flow.iter()
-        .filter(|(k, _)| *k == key)
-        .nth(nth)
-        .map(|(_, v)| *v)
 }
 
 #[cfg(test)]

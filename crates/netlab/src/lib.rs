@@ -7,7 +7,8 @@
 //!   does anything (`netlab::sandbox!();`), becoming root in a user namespace if needed;
 //! - [`Netns`]: one anonymous network namespace, held by a file descriptor;
 //! - [`Topology`]: the world as data (nodes, bridges, cables, addresses, routes);
-//! - [`World`]: a topology brought up, with services and programs running inside.
+//! - [`World`]: a topology brought up, with services and programs running inside;
+//! - [`conntrack`]: a namespace's conntrack table, from `/proc` or the `conntrack` tool.
 //!
 //! ```no_run
 //! netlab::sandbox!();
@@ -21,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conntrack;
 pub mod netns;
 pub mod programs;
 pub mod sandbox;

@@ -158,18 +158,13 @@ impl World {
     }
 
     /// The node's conntrack table, one entry per line, in the format of
-    /// `/proc/net/nf_conntrack` (or of `conntrack -L` where that file does not exist).
+    /// `/proc/net/nf_conntrack` — read from that file, or, on kernels built without it,
+    /// with `conntrack -L -o extended` (see [`crate::conntrack`]).
     pub fn conntrack(&self, node: &str) -> Result<String> {
         let node = self.node(node)?;
-        match node.read_proc_net("nf_conntrack") {
-            Ok(table) => Ok(table),
-            Err(_) => {
-                let output = node.command("conntrack").arg("-L").stderr(Stdio::null()).output().with_context(|| {
-                    format!("cannot read conntrack in {}: no /proc/net/nf_conntrack and no `conntrack` tool (install the `conntrack` package)", node.name)
-                })?;
-                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-            }
-        }
+        crate::conntrack::read_any(node)
+            .map(|(table, _source)| table)
+            .with_context(|| format!("reading the conntrack table of {}", node.name))
     }
 
     /// Run an async service inside `node` until the world is dropped (or the service

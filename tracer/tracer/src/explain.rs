@@ -10,13 +10,14 @@
 //! So: read the conntrack table of the namespace where the datagram died, and look for an entry
 //! whose REPLY tuple equals the dropped datagram except for the source address. The matching is
 //! a pure function ([`explain_no_socket`]) over parsed entries ([`parse_conntrack`]); finding the
-//! table of a namespace ([`read_conntrack`]) is the only part that touches the system.
+//! table of a namespace ([`read_conntrack`]: `/proc`, or netlink where the kernel has no
+//! `/proc/net/nf_conntrack`) is the only part that touches the system.
 
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt as _;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 /// One direction of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,13 +129,23 @@ fn netns_inode(path: &str) -> Option<u64> {
 
 /// Reads the conntrack table of the network namespace with inode `netns`.
 ///
-/// `/proc/PID/net/…` shows the namespace of process PID, so: find a task (process or thread)
-/// in that namespace and read its `net/nf_conntrack`. A namespace that no task is in but that a
-/// file descriptor holds (as the course's `netlab::Netns` does) is entered by a helper thread with
-/// `setns`, which then reads `/proc/thread-self/net/nf_conntrack` — NOT `/proc/self/net`, which
-/// follows the main thread's namespace.
+/// `/proc/PID/ns/net` names the namespace of process PID, so: find a task (process or thread)
+/// in that namespace — or, if no task is in it, a file descriptor that holds it (as the
+/// course's `netlab::Netns` does) — open it, and read the table from inside it with
+/// `netlab::conntrack`: `/proc/thread-self/net/nf_conntrack` seen by a helper thread that
+/// entered the namespace (NOT `/proc/self/net`, which follows the main thread's namespace),
+/// or, on kernels built without that file, the same table over netlink.
 pub fn read_conntrack(netns: u32) -> Result<String> {
     let netns = netns as u64;
+    let namespace = netlab::Netns::open(&find_namespace(netns)?)?;
+    let (table, _source) = netlab::conntrack::read_any(&namespace)
+        .context("the namespace's conntrack table is not readable (is conntrack in use there?)")?;
+    Ok(table)
+}
+
+/// A path that opens the network namespace with inode `netns`: a task's `ns/net`, or a
+/// file descriptor that holds it.
+fn find_namespace(netns: u64) -> Result<String> {
     let pids: Vec<String> = fs::read_dir("/proc")
         .context("cannot list /proc")?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -145,15 +156,12 @@ pub fn read_conntrack(netns: u32) -> Result<String> {
             continue;
         };
         for tid in tasks.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-            if netns_inode(&format!("/proc/{pid}/task/{tid}/ns/net")) == Some(netns) {
-                return fs::read_to_string(format!("/proc/{pid}/task/{tid}/net/nf_conntrack"))
-                    .context(
-                        "the namespace has no readable nf_conntrack (is conntrack in use there?)",
-                    );
+            let path = format!("/proc/{pid}/task/{tid}/ns/net");
+            if netns_inode(&path) == Some(netns) {
+                return Ok(path);
             }
         }
     }
-    // No task inside: look for a file descriptor that holds the namespace.
     let want = format!("net:[{netns}]");
     for pid in &pids {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -165,28 +173,11 @@ pub fn read_conntrack(netns: u32) -> Result<String> {
                 .and_then(|l| l.to_str().map(str::to_string))
                 == Some(want.clone())
             {
-                return read_conntrack_via_setns(&fd.path());
+                return Ok(fd.path().to_string_lossy().into_owned());
             }
         }
     }
     bail!("no process or file descriptor holds network namespace {netns} any more")
-}
-
-fn read_conntrack_via_setns(ns_path: &std::path::Path) -> Result<String> {
-    let ns =
-        fs::File::open(ns_path).with_context(|| format!("cannot open {}", ns_path.display()))?;
-    std::thread::spawn(move || -> Result<String> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a namespace fd; it only changes this helper thread's namespace, and
-        // the thread ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
-        fs::read_to_string("/proc/thread-self/net/nf_conntrack")
-            .context("the namespace has no readable nf_conntrack")
-    })
-    .join()
-    .map_err(|_| anyhow!("conntrack reader thread panicked"))?
 }
 
 #[cfg(test)]

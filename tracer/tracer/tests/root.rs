@@ -184,6 +184,11 @@ fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<
 impl Tracer {
     /// Starts `tracer ARGS --json --ready-file …` and waits until it is attached.
     fn start(args: &[&str]) -> Tracer {
+        Tracer::start_with_env(args, &[])
+    }
+
+    /// Start the tracer with extra environment variables.
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let ready = std::env::temp_dir().join(format!(
             "tracer-test-ready-{}-{}",
             std::process::id(),
@@ -192,6 +197,7 @@ impl Tracer {
         let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
             .args(args)
+            .envs(env.iter().copied())
             .arg("--json")
             .arg("--ready-file")
             .arg(&ready)
@@ -505,6 +511,17 @@ fn path_track_skb_follows_the_skb_through_nat() {
 
 #[test]
 fn explain_finds_the_nat_near_miss() {
+    explain_near_miss(&[]);
+}
+
+/// The same, with the conntrack table read over netlink — as on kernels built without
+/// `/proc/net/nf_conntrack` (forced with `NETLAB_CONNTRACK_SOURCE`).
+#[test]
+fn explain_reads_conntrack_over_netlink_where_proc_is_missing() {
+    explain_near_miss(&[("NETLAB_CONNTRACK_SOURCE", "netlink")]);
+}
+
+fn explain_near_miss(env: &[(&str, &str)]) {
     let _serial = need_root();
     hygienic(|| {
         // The story's failure in one namespace: a client talks to 10.98.0.1:4000, so conntrack
@@ -519,17 +536,20 @@ fn explain_finds_the_nat_near_miss() {
              nft add rule ip tracer_test out ct state new counter",
         );
         let ino = inode_arg(&ns);
-        let t = Tracer::start(&[
-            "drops",
-            "--explain",
-            "--netns",
-            &ino,
-            "--count",
-            "1",
-            "--duration",
-            "20",
-            "udp and src port 4000",
-        ]);
+        let t = Tracer::start_with_env(
+            &[
+                "drops",
+                "--explain",
+                "--netns",
+                &ino,
+                "--count",
+                "1",
+                "--duration",
+                "20",
+                "udp and src port 4000",
+            ],
+            env,
+        );
         let client_port = ns.run(|| {
             let server = UdpSocket::bind("10.98.0.1:4000").unwrap();
             let client = UdpSocket::bind("10.98.0.1:0").unwrap();
