@@ -259,7 +259,10 @@ fn docker_28_s_proxy_and_yours_deliver_where_docker_20_10_s_loses_the_answer() {
             .client_ask(published(), b"ping", Duration::from_secs(1))
             .unwrap();
         let relayed = story.server_log(Duration::from_secs(1)).is_some();
-        assert!(relayed, "{proxy:?}: the server never received the client's datagram");
+        assert!(
+            relayed,
+            "{proxy:?}: the server never received the client's datagram"
+        );
         seen.push((proxy, outcome));
     }
     let delivered = |outcome: &Outcome| {
@@ -319,7 +322,8 @@ mod as_root {
     #[timeout(Duration::from_secs(60))]
     fn the_tracer_sees_no_answer_dropped_for_want_of_a_socket(#[case] fix: Fix) {
         netlab::require_root("the eBPF checks");
-        let kernel = KernelInfo::load().unwrap_or_else(|e| panic!("reading the kernel's BTF: {e:#}"));
+        let kernel =
+            KernelInfo::load().unwrap_or_else(|e| panic!("reading the kernel's BTF: {e:#}"));
         let kfree_skb = tracer::btf::kfree_skb_tracepoint(&kernel.btf)
             .unwrap_or_else(|e| panic!("this kernel's kfree_skb tracepoint: {e:#}"));
         let filter = tracer::filter::parse("udp").unwrap();
@@ -380,10 +384,6 @@ mod as_root {
             "the control datagram {control} should be seen dropped (NO_SOCKET) in dind2; the tracer saw:\n{}",
             seen.join("\n")
         );
-        assert!(
-            matches!(outcome, Outcome::Reply { .. }),
-            "with {fix:?}, the client should get its answer; it got {outcome:?}"
-        );
         let lost: Vec<&String> = drops
             .iter()
             .zip(&seen)
@@ -394,6 +394,10 @@ mod as_root {
             lost.is_empty(),
             "with {fix:?}, no datagram of the story should be dropped for want of a socket; the tracer saw:\n{}",
             lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        );
+        assert!(
+            matches!(outcome, Outcome::Reply { .. }),
+            "with {fix:?}, the client should get its answer; it got {outcome:?}"
         );
     }
 }
