@@ -80,6 +80,8 @@ pub fn run() -> Result<()> {
         }
     }
 
+    crate::repro_fix::run(7)?;
+
     println!();
     let reproduced = matches!(outcome, Outcome::NoReply { .. })
         && logged.is_some()
