@@ -299,13 +299,16 @@ mod as_root {
     use tracer::collection::{KernelInfo, Tracer};
 
     /// One drop the tracer saw: netns inode, reason, tuple.
-    struct Drop {
+    struct Dropped {
         netns: u64,
         reason: String,
         tuple: String,
     }
 
     fn tuple(ev: &tracer::Event) -> String {
+        if ev.l3 != 4 {
+            return "(not IPv4)".into();
+        }
         let ip = |bytes: &[u8]| Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]);
         format!(
             "{}:{} > {}:{}",
@@ -352,12 +355,12 @@ mod as_root {
         let mut drops = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline
-            && !drops.iter().any(|d: &Drop| d.tuple == control)
+            && !drops.iter().any(|d: &Dropped| d.tuple == control)
         {
             tracer
                 .poll(Duration::from_millis(200), |ev| {
                     if inodes.contains(&u64::from(ev.netns)) {
-                        drops.push(Drop {
+                        drops.push(Dropped {
                             netns: ev.netns.into(),
                             reason: kernel.reasons.short_name(ev.reason),
                             tuple: tuple(ev),
