@@ -110,6 +110,7 @@ pub fn examine(root: &Path) -> Vec<Item> {
         "cargo install mdbook --locked --version ^0.4",
     ));
     items.push(docker_proxy(root));
+    items.push(docker_proxy_28(root));
     items
 }
 
@@ -330,6 +331,22 @@ fn docker_proxy(root: &Path) -> Item {
             Level::Warn,
             "docker-proxy (Docker 20.10)",
             "not in .course/tools/ (the story's real proxy, for comparison with yours)",
+        )
+        .fix("cargo xtask setup")
+    }
+}
+
+/// Docker 28's userland proxy, the fixed one (exercise 8), where `setup` puts it.
+fn docker_proxy_28(root: &Path) -> Item {
+    let path = root.join(".course/tools/docker-proxy-28");
+    let what = "docker-proxy (Docker 28)";
+    if path.is_file() {
+        Item::new(Level::Ok, what, path.display().to_string())
+    } else {
+        Item::new(
+            Level::Warn,
+            what,
+            "not in .course/tools/ (Docker's own fix, to compare with yours in exercise 8)",
         )
         .fix("cargo xtask setup")
     }

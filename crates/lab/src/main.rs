@@ -13,6 +13,7 @@
 mod bench;
 mod exec;
 mod repro;
+mod repro_fix;
 mod style;
 mod up;
 

@@ -85,7 +85,8 @@ pub fn run() -> Result<()> {
         }
     }
 
-    homework::run(7)?;
+    crate::repro_fix::run(7)?;
+    homework::run(8)?;
 
     println!();
     let reproduced = matches!(outcome, Outcome::NoReply { .. })

@@ -249,6 +249,19 @@ pub fn docker_proxy_path() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// Where the course keeps Docker 28's `docker-proxy` — the fixed one (moby/moby#48571),
+/// from Debian sid's `docker.io` (`cargo xtask setup` puts it there):
+/// `$DOCKER_PROXY_28`, or `.course/tools/docker-proxy-28` in the workspace. It takes
+/// the same flags as 20.10's, so [`Story::start_docker_proxy`] starts either.
+pub fn docker_proxy_28_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("DOCKER_PROXY_28") {
+        return Some(PathBuf::from(path));
+    }
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.course/tools/docker-proxy-28");
+    path.is_file().then_some(path)
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two descriptors, which we then own.
