@@ -29,10 +29,16 @@ fn at(address: &str) -> SocketAddrV4 {
     address.parse().unwrap()
 }
 
-/// The story, running: the reference world, NAT and buggy proxy.
-fn story() -> Story {
+/// The story, running: the reference world, NAT and buggy proxy — and the kernel
+/// stamping packets as they arrive (it switches that on lazily: see
+/// `story::timestamps`; keep the second value alive until your capture is open).
+fn story() -> (Story, story::timestamps::KernelTimestamps) {
     netlab::require_sandbox();
-    Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"))
+    let story = Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"));
+    let host = story.world.node("host").unwrap();
+    let stamps = story::timestamps::switch_on(host, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("kernel timestamps: {e:#}"));
+    (story, stamps)
 }
 
 /// Your capture, opened by a thread inside `node`.
@@ -212,7 +218,7 @@ fn seconds(time: SystemTime) -> f64 {
 #[rstest]
 #[timeout(Duration::from_secs(30))]
 fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
-    let story = story();
+    let (story, _stamps) = story();
     let pcap = PcapFile::new("story");
     let opened_at = SystemTime::now();
     let running = start_capture_to_file(open_in(&story, "host", "br-dind"), &pcap.0, None);
@@ -309,7 +315,7 @@ fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
 #[rstest]
 #[timeout(Duration::from_secs(30))]
 fn a_filtered_capture_keeps_exactly_the_frames_its_filter_accepts() {
-    let story = story();
+    let (story, _stamps) = story();
     // Two captures of the same run, side by side on the same interface: one keeps
     // everything, one keeps only UDP datagrams from or to port 4000.
     let (all, filtered) = (PcapFile::new("all"), PcapFile::new("filtered"));
@@ -354,12 +360,25 @@ fn a_filtered_capture_keeps_exactly_the_frames_its_filter_accepts() {
 #[rstest]
 #[timeout(Duration::from_secs(30))]
 fn each_frame_says_whether_the_host_received_or_sent_it() {
-    let story = story();
+    let (story, _stamps) = story();
     let mut capture = open_in(&story, "host", "br-dind");
     client_asks(&story);
+    // Read only now, a second after the client sent: the kernel's timestamps say when
+    // each frame crossed the bridge, not when we read it.
+    let reading_from = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
     let mut frames = Vec::new();
     while let Some(frame) = capture.next_frame(Duration::ZERO).unwrap() {
         frames.push(frame);
+    }
+    let story_frames = frames.iter().filter(|f| frame::udp(&f.data).is_some_and(|u| u.dst.port() == 4000));
+    for f in story_frames {
+        assert!(
+            f.timestamp + CLIENT_WAIT / 2 < reading_from,
+            "a frame read {:?} after the client sent is stamped {:?} before it was read: the timestamp \
+             must be the kernel's (the SCM_TIMESTAMPNS control message), not the time you read the frame",
+            CLIENT_WAIT,
+            reading_from.saturating_sub(f.timestamp)
+        );
     }
     let datagrams: Vec<(Direction, SocketAddrV4, SocketAddrV4)> = frames
         .iter()
@@ -396,7 +415,7 @@ fn each_frame_says_whether_the_host_received_or_sent_it() {
 #[rstest]
 #[timeout(Duration::from_secs(30))]
 fn a_capture_sees_only_the_interface_it_is_bound_to() {
-    let story = story();
+    let (story, _stamps) = story();
     let mut bridge = open_in(&story, "host", "br-dind");
     let mut lan = open_in(&story, "host", "lan0");
     // The host sends a datagram to the peer on its LAN link: it crosses lan0, never

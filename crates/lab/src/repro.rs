@@ -33,6 +33,7 @@ pub fn run() -> Result<()> {
     step(2, "Programs: the echo server in `server` (0.0.0.0:4000), the userland proxy in `host` (0.0.0.0:4000)");
 
     let hop_tracer = hops::start();
+    let bridge_capture = crate::repro_capture::start(&story);
 
     step(
         3,
@@ -50,6 +51,7 @@ pub fn run() -> Result<()> {
     if logged.is_none() {
         println!("  [server] never received anything");
     }
+    crate::repro_capture::show(bridge_capture);
 
     hops::show(hop_tracer, &story);
 
