@@ -70,10 +70,9 @@ struct PcapFile(PathBuf);
 
 impl PcapFile {
     fn new(name: &str) -> PcapFile {
-        PcapFile(std::env::temp_dir().join(format!(
-            "course-capture-{}-{name}.pcap",
-            std::process::id()
-        )))
+        PcapFile(
+            std::env::temp_dir().join(format!("course-capture-{}-{name}.pcap", std::process::id())),
+        )
     }
 }
 
@@ -256,7 +255,8 @@ fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
 
     // The story's four datagrams, in this order, on the bridge.
     let seen = udp_datagrams(&pcap.0, "udp.port == 4000");
-    let expected_order = "1. the request arriving from dind2: 172.18.0.3:34320 > 192.168.0.239:4000\n\
+    let expected_order =
+        "1. the request arriving from dind2: 172.18.0.3:34320 > 192.168.0.239:4000\n\
          2. the proxy relaying it to dind1: 172.18.0.1:P > 172.18.0.2:4000\n\
          3. the server's answer, back to the proxy: 172.18.0.2:4000 > 172.18.0.1:P\n\
          4. the proxy's answer to dind2: 172.18.0.1:4000 > 172.18.0.3:34320";
@@ -276,8 +276,7 @@ fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
     ];
     let tuples: Vec<_> = seen.iter().map(|s| (s.src, s.dst)).collect();
     assert_eq!(
-        tuples,
-        expected,
+        tuples, expected,
         "the datagrams on the bridge, in order, should be:\n{expected_order}"
     );
     assert_eq!(
@@ -365,12 +364,16 @@ fn each_frame_says_whether_the_host_received_or_sent_it() {
     client_asks(&story);
     // Read only now, a second after the client sent: the kernel's timestamps say when
     // each frame crossed the bridge, not when we read it.
-    let reading_from = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let reading_from = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
     let mut frames = Vec::new();
     while let Some(frame) = capture.next_frame(Duration::ZERO).unwrap() {
         frames.push(frame);
     }
-    let story_frames = frames.iter().filter(|f| frame::udp(&f.data).is_some_and(|u| u.dst.port() == 4000));
+    let story_frames = frames
+        .iter()
+        .filter(|f| frame::udp(&f.data).is_some_and(|u| u.dst.port() == 4000));
     for f in story_frames {
         assert!(
             f.timestamp + CLIENT_WAIT / 2 < reading_from,
@@ -434,9 +437,8 @@ fn a_capture_sees_only_the_interface_it_is_bound_to() {
         }
         frames
     };
-    let carries_marker = |f: &crate::under_test::Frame| {
-        frame::udp(&f.data).is_some_and(|udp| udp.payload == marker)
-    };
+    let carries_marker =
+        |f: &crate::under_test::Frame| frame::udp(&f.data).is_some_and(|udp| udp.payload == marker);
     let on_lan = drain(&mut lan);
     assert!(
         on_lan.iter().any(carries_marker),

@@ -228,9 +228,13 @@ impl Primitive {
                         words[0]
                     );
                 }
-                let address = words.get(at + 1).with_context(|| format!("`host` needs an IPv4 address; {SYNTAX}"))?;
+                let address = words
+                    .get(at + 1)
+                    .with_context(|| format!("`host` needs an IPv4 address; {SYNTAX}"))?;
                 let address: Ipv4Addr = address.parse().with_context(|| {
-                    format!("`{address}` is not an IPv4 address (names are not looked up); {SYNTAX}")
+                    format!(
+                        "`{address}` is not an IPv4 address (names are not looked up); {SYNTAX}"
+                    )
                 })?;
                 Ok((Primitive::Host(way, address), at + 2))
             }
@@ -238,7 +242,9 @@ impl Primitive {
                 bail!("ports belong to udp or tcp, not `{}`; {SYNTAX}", words[0])
             }
             (Some(&"port"), protocol) => {
-                let port = words.get(at + 1).with_context(|| format!("`port` needs a number; {SYNTAX}"))?;
+                let port = words
+                    .get(at + 1)
+                    .with_context(|| format!("`port` needs a number; {SYNTAX}"))?;
                 let port: u16 = port.parse().with_context(|| {
                     format!("`{port}` is not a port number (0–65535; service names are not looked up); {SYNTAX}")
                 })?;

@@ -96,12 +96,20 @@ fn main() {
         Command::Repro => repro::run().map(|()| 0),
         Command::Up => up::run().map(|()| 0),
         Command::Exec { node, command } => exec::run(&node, &command),
-        Command::Capture { node, interface, file, filter, seconds } => {
-            capture::run(&node, &interface, &file, &filter, seconds)
-        }
-        Command::CaptureHere { node, interface, file, filter, seconds } => {
-            capture::run_here(&node, &interface, &file, &filter, seconds)
-        }
+        Command::Capture {
+            node,
+            interface,
+            file,
+            filter,
+            seconds,
+        } => capture::run(&node, &interface, &file, &filter, seconds),
+        Command::CaptureHere {
+            node,
+            interface,
+            file,
+            filter,
+            seconds,
+        } => capture::run_here(&node, &interface, &file, &filter, seconds),
         Command::Script => {
             print!("{}", script());
             Ok(0)

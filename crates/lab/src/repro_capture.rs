@@ -124,7 +124,10 @@ fn explain(src: SocketAddrV4, dst: SocketAddrV4) -> Option<(String, bool)> {
     let dind1: Ipv4Addr = story::DIND1.parse().ok()?;
     let port = story::PORT;
     if *dst.ip() == lan && dst.port() == port {
-        return Some(("the request, from dind2 (MASQUERADEd), to the proxy".into(), false));
+        return Some((
+            "the request, from dind2 (MASQUERADEd), to the proxy".into(),
+            false,
+        ));
     }
     if *dst.ip() == dind1 && dst.port() == port {
         return Some(("the proxy relays it to dind1".into(), false));
@@ -162,7 +165,10 @@ mod tests {
             data: udp_frame([172, 18, 0, 1], 4000, [172, 18, 0, 3], 34320, b"hello"),
         };
         let line = describe(&frame, Duration::ZERO).unwrap();
-        assert!(line.contains("Out 172.18.0.1.4000 > 172.18.0.3.34320: UDP, length 5"), "{line}");
+        assert!(
+            line.contains("Out 172.18.0.1.4000 > 172.18.0.3.34320: UDP, length 5"),
+            "{line}"
+        );
         assert!(line.contains("not 192.168.0.239:4000"), "{line}");
     }
 }

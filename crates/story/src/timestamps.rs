@@ -53,7 +53,12 @@ fn receive_stamp(socket: &UdpSocket) -> Result<Duration> {
     let mut buffer = [0u8; 64];
     let mut iov = [IoSliceMut::new(&mut buffer)];
     let mut control = nix::cmsg_space!(TimeSpec);
-    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::empty())?;
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::empty(),
+    )?;
     for cmsg in message.cmsgs()? {
         if let ControlMessageOwned::ScmTimestampns(time) = cmsg {
             return Ok(Duration::new(time.tv_sec() as u64, time.tv_nsec() as u32));

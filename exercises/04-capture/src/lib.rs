@@ -206,5 +206,8 @@ fn explain(errno: Errno, doing: &str) -> io::Error {
         }
         _ => "",
     };
-    io::Error::new(io::Error::from(errno).kind(), format!("{doing}: {errno}{hint}"))
+    io::Error::new(
+        io::Error::from(errno).kind(),
+        format!("{doing}: {errno}{hint}"),
+    )
 }

@@ -199,11 +199,8 @@ impl Capture {
                 Some(frame) if stopped_at.is_some_and(|at| frame.timestamp > at) => {
                     return Ok(frames)
                 }
-                Some(frame) => {
-                    if filter.is_none_or(|keep| keep(&frame.data)) {
-                        frames.push(frame);
-                    }
-                }
+                Some(frame) if filter.is_none_or(|keep| keep(&frame.data)) => frames.push(frame),
+                Some(_) => {}
                 None if stopped_at.is_some() => return Ok(frames),
                 None => {}
             }
@@ -286,5 +283,8 @@ fn explain(errno: Errno, doing: &str) -> io::Error {
         }
         _ => "",
     };
-    io::Error::new(io::Error::from(errno).kind(), format!("{doing}: {errno}{hint}"))
+    io::Error::new(
+        io::Error::from(errno).kind(),
+        format!("{doing}: {errno}{hint}"),
+    )
 }
