@@ -51,9 +51,12 @@ pub fn run() -> Result<()> {
     if logged.is_none() {
         println!("  [server] never received anything");
     }
+    // Take the tracer's events before the capture reads its frames: those reads are
+    // kernel events too (skb copies), not part of the story.
+    let hop_records = hops::finish(hop_tracer);
     crate::repro_capture::show(bridge_capture);
 
-    hops::show(hop_tracer, &story);
+    hops::show(hop_records, &story);
 
     step(
         5,
@@ -106,6 +109,10 @@ mod hops {
     pub type Tracer = solution_skb_path::PathTracer;
     #[cfg(not(feature = "hop-table"))]
     pub type Tracer = ();
+    #[cfg(feature = "hop-table")]
+    pub type Records = anyhow::Result<Vec<solution_skb_path::Record>>;
+    #[cfg(not(feature = "hop-table"))]
+    pub type Records = ();
 
     /// Start tracing before the client sends, if this process can.
     pub fn start() -> Option<Tracer> {
@@ -117,22 +124,32 @@ mod hops {
         None
     }
 
+    /// Stop tracing, with every event reported until then.
+    pub fn finish(tracer: Option<Tracer>) -> Option<Records> {
+        #[cfg(feature = "hop-table")]
+        if let Some(mut tracer) = tracer {
+            use std::time::Duration;
+            return Some(tracer.records(Duration::from_millis(300), Duration::from_secs(10)));
+        }
+        let _ = tracer;
+        None
+    }
+
     /// Print the hop table of what the tracer saw.
-    pub fn show(tracer: Option<Tracer>, story: &story::Story) {
+    pub fn show(tracer: Option<Records>, story: &story::Story) {
         super::step(
             4,
             "The skb, hop by hop (eBPF on every tracepoint that carries an skb)",
         );
         #[cfg(feature = "hop-table")]
-        if let Some(mut tracer) = tracer {
-            use std::time::Duration;
+        if let Some(records) = tracer {
             let node_of = |netns: u32| {
                 story
                     .world
                     .node_by_inode(netns.into())
                     .map(|n| n.name.clone())
             };
-            match tracer.records(Duration::from_millis(300), Duration::from_secs(10)) {
+            match records {
                 Ok(records) => {
                     let records: Vec<_> = records
                         .into_iter()
