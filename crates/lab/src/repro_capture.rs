@@ -47,7 +47,7 @@ pub fn show(capture: Option<Capture>) {
     println!(
         "\n  {}",
         bold(&format!(
-            "On the wire: {} in host, as the course's capture saw it (exercise 4; `cargo xtask lab capture` writes a pcap)",
+            "On the wire: {} in host (the course's capture, exercise 4)",
             story::HOST_BRIDGE
         ))
     );
