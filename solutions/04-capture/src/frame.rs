@@ -65,7 +65,8 @@ pub fn ipv4(frame: &[u8]) -> Option<Ipv4<'_>> {
         dst: address(16),
         protocol: ip[9],
         first_fragment: fragment_offset == 0,
-        payload: ip.get(header_len..total_len.clamp(header_len, ip.len()))?,
+        // (A total length shorter than the header is malformed: `get` gives None.)
+        payload: ip.get(header_len..total_len.min(ip.len()))?,
     })
 }
 
@@ -99,11 +100,12 @@ pub fn udp(frame: &[u8]) -> Option<Udp<'_>> {
         return None;
     }
     let (src_port, dst_port) = ip.ports()?;
-    let length = usize::from(u16::from_be_bytes([*ip.payload.get(4)?, ip.payload[5]]));
+    let length = ip.payload.get(4..6)?;
+    let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
     Some(Udp {
         src: SocketAddrV4::new(ip.src, src_port),
         dst: SocketAddrV4::new(ip.dst, dst_port),
-        payload: ip.payload.get(8..length.clamp(8, ip.payload.len()))?,
+        payload: ip.payload.get(8..length.min(ip.payload.len()))?,
     })
 }
 
