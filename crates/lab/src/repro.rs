@@ -136,13 +136,13 @@ mod hops {
     }
 
     /// Print the hop table of what the tracer saw.
-    pub fn show(tracer: Option<Records>, story: &story::Story) {
+    pub fn show(records: Option<Records>, story: &story::Story) {
         super::step(
             4,
             "The skb, hop by hop (eBPF on every tracepoint that carries an skb)",
         );
         #[cfg(feature = "hop-table")]
-        if let Some(records) = tracer {
+        if let Some(records) = records {
             let node_of = |netns: u32| {
                 story
                     .world
@@ -165,7 +165,7 @@ mod hops {
             }
             return;
         }
-        let _ = (tracer, story);
+        let _ = (records, story);
         println!(
             "  (skipped: the hop table needs root and the eBPF toolchain. Build as yourself, run as root:\n   \
              cargo build -p lab --features hop-table && sudo -E target/debug/lab repro)"
