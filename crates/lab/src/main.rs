@@ -4,6 +4,7 @@
 //! - `repro`: build the world, send the client's datagram, show what happened.
 //! - `up`: build the world with the story's programs running and keep it until Ctrl-C.
 //! - `exec NODE -- CMD…`: run a command inside a node of the world `up` keeps running.
+//! - `capture NODE IFACE FILE [FILTER]`: capture an interface of a node into a pcap file.
 //! - `script`: print the world as the `ip`/`iptables` commands that build it by hand.
 //! - `bench`: time building and tearing down the world.
 //!
@@ -11,9 +12,11 @@
 //! user namespace without root): nothing can touch the machine's own network.
 
 mod bench;
+mod capture;
 mod exec;
 mod repro;
 mod repro_fix;
+mod repro_capture;
 mod style;
 mod up;
 
@@ -47,6 +50,35 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// Capture an interface of a node of the running world into a pcap file, until
+    /// Ctrl-C (`lab capture host br-dind story.pcap udp port 4000`). Filter: primitives
+    /// joined by `and` — ip, udp, tcp, icmp, arp, [src|dst] host A, [udp|tcp] [src|dst] port N.
+    Capture {
+        /// Which lab to join when several are running: its pid (the newest otherwise).
+        #[arg(long, value_name = "PID")]
+        lab: Option<u32>,
+        /// host, dind1, dind2, server, client or peer.
+        node: String,
+        /// An interface of that node (`br-dind` in host, `eth0` in dind2, …).
+        interface: String,
+        /// The pcap file to write (open it in Wireshark, or `tshark -r FILE`).
+        file: std::path::PathBuf,
+        /// Keep only the frames that match (default: every frame).
+        filter: Vec<String>,
+        /// Stop after this many seconds (default: at Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// (internal) `capture`, already inside the node's namespace.
+    #[command(hide = true)]
+    CaptureHere {
+        node: String,
+        interface: String,
+        file: std::path::PathBuf,
+        filter: Vec<String>,
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Print the world as shell commands (`ip`, `iptables-restore`) to build it by hand.
     Script,
     /// Time the world coming up and going down.
@@ -61,13 +93,31 @@ fn main() {
     let cli = Cli::parse();
     // `exec` joins the namespaces of another lab process; everything else builds its own
     // world, in a sandbox entered now, while this process still has a single thread.
-    if !matches!(cli.command, Command::Exec { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Exec { .. } | Command::Capture { .. } | Command::CaptureHere { .. }
+    ) {
         netlab::sandbox::enter();
     }
     let result: Result<i32> = match cli.command {
         Command::Repro => repro::run().map(|()| 0),
         Command::Up => up::run(),
         Command::Exec { lab, node, command } => exec::run(&node, &command, lab),
+        Command::Capture {
+            lab,
+            node,
+            interface,
+            file,
+            filter,
+            seconds,
+        } => capture::run(lab, &node, &interface, &file, &filter, seconds),
+        Command::CaptureHere {
+            node,
+            interface,
+            file,
+            filter,
+            seconds,
+        } => capture::run_here(&node, &interface, &file, &filter, seconds),
         Command::Script => {
             print!("{}", script());
             Ok(0)

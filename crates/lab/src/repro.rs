@@ -35,6 +35,7 @@ pub fn run() -> Result<()> {
     step(2, "Programs: the echo server in `server` (0.0.0.0:4000), the userland proxy in `host` (0.0.0.0:4000)");
 
     let hop_tracer = hops::start();
+    let bridge_capture = crate::repro_capture::start(&story);
 
     step(
         3,
@@ -52,8 +53,12 @@ pub fn run() -> Result<()> {
     if logged.is_none() {
         println!("  [server] never received anything");
     }
+    // Take the tracer's events before the capture reads its frames: those reads are
+    // kernel events too (skb copies), not part of the story.
+    let hop_records = hops::finish(hop_tracer);
+    crate::repro_capture::show(bridge_capture);
 
-    hops::show(hop_tracer, &story);
+    hops::show(hop_records, &story);
 
     // From /proc, or over netlink on kernels built without /proc/net/nf_conntrack.
     let (table, source) = netlab::conntrack::read_any(story.world.node("dind2")?)?;
@@ -112,6 +117,10 @@ mod hops {
     pub type Tracer = solution_skb_path::PathTracer;
     #[cfg(not(feature = "hop-table"))]
     pub type Tracer = ();
+    #[cfg(feature = "hop-table")]
+    pub type Records = anyhow::Result<Vec<solution_skb_path::Record>>;
+    #[cfg(not(feature = "hop-table"))]
+    pub type Records = ();
 
     /// Start tracing before the client sends, if this process can.
     pub fn start() -> Option<Tracer> {
@@ -123,22 +132,32 @@ mod hops {
         None
     }
 
+    /// Stop tracing, with every event reported until then.
+    pub fn finish(tracer: Option<Tracer>) -> Option<Records> {
+        #[cfg(feature = "hop-table")]
+        if let Some(mut tracer) = tracer {
+            use std::time::Duration;
+            return Some(tracer.records(Duration::from_millis(300), Duration::from_secs(10)));
+        }
+        let _ = tracer;
+        None
+    }
+
     /// Print the hop table of what the tracer saw.
-    pub fn show(tracer: Option<Tracer>, story: &story::Story) {
+    pub fn show(records: Option<Records>, story: &story::Story) {
         super::step(
             4,
             "The skb, hop by hop (eBPF on every tracepoint that carries an skb)",
         );
         #[cfg(feature = "hop-table")]
-        if let Some(mut tracer) = tracer {
-            use std::time::Duration;
+        if let Some(records) = records {
             let node_of = |netns: u32| {
                 story
                     .world
                     .node_by_inode(netns.into())
                     .map(|n| n.name.clone())
             };
-            match tracer.records(Duration::from_millis(300), Duration::from_secs(10)) {
+            match records {
                 Ok(records) => {
                     let records: Vec<_> = records
                         .into_iter()
@@ -154,7 +173,7 @@ mod hops {
             }
             return;
         }
-        let _ = (tracer, story);
+        let _ = (records, story);
         println!(
             "  (skipped: the hop table needs root and the eBPF toolchain. Build as yourself, run as root:\n   \
              cargo build -p lab --features hop-table && sudo -E target/debug/lab repro)"

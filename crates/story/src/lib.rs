@@ -15,6 +15,8 @@
 //! | client | 172.17.0.2 (in dind2)            | the client, from port 34320      |
 //! | peer   | 192.168.0.10 (host's LAN)        | —                                |
 
+pub mod timestamps;
+
 use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
