@@ -36,7 +36,9 @@ pub fn build_check(root: &Path, package: &str, color: bool) -> Result<Build> {
     } else {
         "--message-format=json"
     };
-    let mut child = proc::cargo()
+    let mut cargo = proc::cargo();
+    proc::dies_with_runner(&mut cargo);
+    let mut child = cargo
         .current_dir(root)
         .args(["test", "-p", package, "--test", "check", "--no-run", format])
         .stdin(Stdio::null())

@@ -168,6 +168,9 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
             ex.dir
         );
     }
+    if opts.sudo && !proc::is_root() {
+        sudo_validate()?;
+    }
     for name in tests {
         let verdict = run_one(&executable, &dir, &name, opts.timeout, root, opts.sudo)?;
         report.tally.count(&verdict, opts.skips_fail);
@@ -213,12 +216,12 @@ pub fn run_one(
         print!("  {}  {name}", style::dim("RUN "));
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
-    // With --sudo only the test binary runs as root, never cargo; each check still has
-    // its own time limits inside (rstest's #[timeout]) should the kill below be refused.
-    let mut cmd = if sudo && !proc::is_root() {
-        let mut sudo = Command::new("sudo");
-        sudo.arg("-E").arg(executable);
-        sudo
+    // With --sudo only the test binary runs as root, never cargo — under a lifeline that
+    // kills it if we die (see proc.rs); each check still has its own time limits inside
+    // (rstest's #[timeout]).
+    let through_sudo = sudo && !proc::is_root();
+    let mut cmd = if through_sudo {
+        sudo_command(&std::env::current_exe()?, executable)
     } else {
         Command::new(executable)
     };
@@ -226,12 +229,40 @@ pub fn run_one(
         .current_dir(cwd)
         .env("RUST_BACKTRACE", "0")
         .env("CARGO_MANIFEST_DIR", cwd);
-    let run = proc::run_captured(cmd, timeout)
+    let stdin = if through_sudo {
+        proc::Stdin::Lifeline
+    } else {
+        proc::Stdin::Null
+    };
+    let run = proc::run_captured_with(cmd, timeout, stdin)
         .with_context(|| format!("cannot run {}", executable.display()))?;
     if style::interactive() {
         print!("\r\x1b[2K");
     }
     Ok(outcome::classify(&run, name, root))
+}
+
+/// `sudo -n -E <xtask> lifeline -- <check binary>`: the check runs as root, in a process
+/// group of its own, and dies when the runner's end of its stdin closes. `-n`: never
+/// prompt (the password was asked once, up front, by [`sudo_validate`]); a prompt here
+/// would wait unseen, as the check's output is captured.
+pub fn sudo_command(xtask: &Path, executable: &Path) -> Command {
+    let mut cmd = Command::new("sudo");
+    cmd.args(["-n", "-E"])
+        .arg(xtask)
+        .args(["lifeline", "--"])
+        .arg(executable);
+    cmd
+}
+
+/// `sudo -v`: ask for the password once, in the foreground, before the captured runs.
+fn sudo_validate() -> Result<()> {
+    let ok = proc::run_visible(Command::new("sudo").arg("-v"))
+        .context("`check --sudo` needs sudo: install it, or run the checks as root")?;
+    if !ok {
+        bail!("sudo refused (`sudo -v` failed): the eBPF checks need root");
+    }
+    Ok(())
 }
 
 /// `  OK    name`, `  FAIL  name` (+ details), `  SKIP  name (why)`.
@@ -301,6 +332,17 @@ mod tests {
         assert_eq!(
             tally.summary_line(),
             "summary: 1 passed, 2 failed, 1 skipped"
+        );
+    }
+
+    #[test]
+    fn sudo_runs_only_the_check_under_a_lifeline() {
+        let cmd = sudo_command(Path::new("/t/xtask"), Path::new("/t/deps/check-1"));
+        assert_eq!(cmd.get_program(), "sudo");
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(
+            args,
+            ["-n", "-E", "/t/xtask", "lifeline", "--", "/t/deps/check-1"]
         );
     }
 
