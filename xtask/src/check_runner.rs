@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use course::Exercise;
 
 use crate::cargo_build::{self, Build};
-use crate::outcome::{self, Verdict};
+use crate::outcome::{self, SeenErrors, Verdict};
 use crate::proc;
 use crate::style;
 
@@ -171,13 +171,26 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
     if opts.sudo && !proc::is_root() {
         sudo_validate()?;
     }
+    let mut seen = SeenErrors::default();
     for name in tests {
         let verdict = run_one(&executable, &dir, &name, opts.timeout, root, opts.sudo)?;
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
-            print_verdict(&name, &verdict, opts);
+            match seen.note(&name, &verdict) {
+                Some(first) => print_repeat(&name, &first),
+                None => print_verdict(&name, &verdict, opts),
+            }
         }
         report.results.push((name, verdict));
+    }
+    if opts.verbose {
+        for (first, count) in seen.repeated() {
+            println!(
+                "  {} {count} checks failed with the error shown under {}: one mistake, fix it first",
+                style::yellow("note:"),
+                short_name(first)
+            );
+        }
     }
     if opts.verbose && !opts.solution && report.tally.failed > 0 {
         println!(
@@ -265,10 +278,25 @@ fn sudo_validate() -> Result<()> {
     Ok(())
 }
 
+/// A test's name as shown: every check lives in the module `check` (see tests/check.rs),
+/// which is said once, not on every line.
+fn short_name(name: &str) -> String {
+    name.replacen("check::", "", 1)
+}
+
+/// `  FAIL  name  (the same error as first)`: one mistake, one message.
+fn print_repeat(name: &str, first: &str) {
+    println!(
+        "  {}  {}  {}",
+        style::red("FAIL"),
+        short_name(name),
+        style::dim(&format!("(the same error as {})", short_name(first)))
+    );
+}
+
 /// `  OK    name`, `  FAIL  name` (+ details), `  SKIP  name (why)`.
 pub fn print_verdict(name: &str, verdict: &Verdict, opts: Options) {
-    // Every check lives in the module `check` (see tests/check.rs): say it once, not per line.
-    let name = name.replacen("check::", "", 1);
+    let name = short_name(name);
     let indent = |lines: &[String]| {
         for line in lines {
             if line.trim().is_empty() {
