@@ -177,7 +177,7 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
             match seen.note(&name, &verdict) {
-                Some(first) => print_repeat(&name, &first),
+                Some(_) => print_repeat(&name),
                 None => print_verdict(&name, &verdict, opts),
             }
         }
@@ -284,13 +284,13 @@ fn short_name(name: &str) -> String {
     name.replacen("check::", "", 1)
 }
 
-/// `  FAIL  name  (the same error as first)`: one mistake, one message.
-fn print_repeat(name: &str, first: &str) {
+/// `  FAIL  name  (the same error as above)`: one mistake, one message.
+fn print_repeat(name: &str) {
     println!(
         "  {}  {}  {}",
         style::red("FAIL"),
         short_name(name),
-        style::dim(&format!("(the same error as {})", short_name(first)))
+        style::dim("(the same error as above)")
     );
 }
 

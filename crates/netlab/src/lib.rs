@@ -25,6 +25,7 @@ pub mod netns;
 pub mod programs;
 pub mod sandbox;
 pub mod topology;
+pub mod watchdog;
 pub mod world;
 
 pub use netns::Netns;
