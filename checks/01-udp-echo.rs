@@ -25,9 +25,9 @@ fn addr(text: &str) -> SocketAddr {
 }
 
 /// A payload as a learner can read it: its length, then its bytes as escaped text,
-/// cut after 24 bytes — `23 bytes "where did my packet go?"`.
+/// cut after 16 bytes — `23 bytes "where did my packet go?"`.
 fn show(payload: &[u8]) -> String {
-    const SHOWN: usize = 24;
+    const SHOWN: usize = 16;
     let text: String = payload
         .iter()
         .take(SHOWN)
