@@ -172,13 +172,21 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
         sudo_validate()?;
     }
     let mut seen = SeenErrors::default();
+    // The test whose error was printed last (to say "above" only when it is just above).
+    let mut last_shown: Option<String> = None;
     for name in tests {
         let verdict = run_one(&executable, &dir, &name, opts.timeout, root, opts.sudo)?;
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
             match seen.note(&name, &verdict) {
-                Some(_) => print_repeat(&name),
-                None => print_verdict(&name, &verdict, opts),
+                Some(first) => {
+                    print_repeat(&name, &first, last_shown.as_deref() == Some(first.as_str()));
+                    last_shown = Some(first);
+                }
+                None => {
+                    print_verdict(&name, &verdict, opts);
+                    last_shown = verdict.is_failure(true).then(|| name.clone());
+                }
             }
         }
         report.results.push((name, verdict));
@@ -284,13 +292,19 @@ fn short_name(name: &str) -> String {
     name.replacen("check::", "", 1)
 }
 
-/// `  FAIL  name  (the same error as above)`: one mistake, one message.
-fn print_repeat(name: &str) {
+/// `  FAIL  name  (the same error as above)`: one mistake, one message. `first` is the
+/// test under which the error was shown; `just_above`: it is the last error printed.
+fn print_repeat(name: &str, first: &str, just_above: bool) {
+    let note = if just_above {
+        "(the same error as above)".to_string()
+    } else {
+        format!("(the same error as {})", short_name(first))
+    };
     println!(
         "  {}  {}  {}",
         style::red("FAIL"),
         short_name(name),
-        style::dim("(the same error as above)")
+        style::dim(&note)
     );
 }
 
