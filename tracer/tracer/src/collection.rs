@@ -136,7 +136,20 @@ fn describe(e: &ProgramError) -> String {
 
 /// [`describe`] for `BPF_PROG_LOAD`'s error and the verifier's log.
 fn describe_load_error(io_error: &std::io::Error, log: &str) -> String {
-    let tail: Vec<&str> = log.trim_end().lines().rev().take(12).collect();
+    // The log ends with statistics ("verification time 139 usec", "processed 3 insns"):
+    // without them, its last line is the reason.
+    let statistics = |line: &&str| {
+        line.starts_with("verification time ")
+            || line.starts_with("stack depth ")
+            || line.starts_with("processed ")
+    };
+    let tail: Vec<&str> = log
+        .trim_end()
+        .lines()
+        .rev()
+        .skip_while(statistics)
+        .take(12)
+        .collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     let tail = tail.join("\n");
     match io_error.raw_os_error() {
@@ -145,8 +158,8 @@ fn describe_load_error(io_error: &std::io::Error, log: &str) -> String {
              or CAP_BPF + CAP_PERFMON"
         ),
         Some(libc::EACCES | libc::EINVAL) if !tail.is_empty() => format!(
-            "the kernel's verifier rejected the program ({io_error}); the end of its log, \
-             which says why (the last lines name the instruction it refused):\n{tail}"
+            "the kernel's verifier rejected the program ({io_error}); the end of its log \
+             (the last line says why, after the instruction it refused):\n{tail}"
         ),
         _ if !tail.is_empty() => format!(
             "the kernel did not load the program ({io_error}); the end of the verifier's log:\n{tail}"
