@@ -9,6 +9,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use netlab::watchdog::{Heartbeat, Pulse, NEVER_YIELDS};
 use rstest::rstest;
 use story::{Outcome, Story};
 
@@ -67,7 +68,58 @@ fn filter_table(story: &Story, node: &str) -> String {
         .join("\n")
 }
 
-fn story_with(proxy: Proxy) -> Story {
+/// The story running with a proxy in `host`, and — for your proxy — a heartbeat on its
+/// runtime, to tell "nothing relayed" from "your proxy never yields" (netlab::watchdog).
+struct Lab {
+    /// Always `Some` until dropped (see `Drop`).
+    story: Option<Story>,
+    heartbeat: Option<Heartbeat>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Story;
+    fn deref(&self) -> &Story {
+        self.story
+            .as_ref()
+            .expect("the story lives as long as the lab")
+    }
+}
+
+impl Lab {
+    /// Is your proxy holding its runtime's only thread?
+    fn proxy_never_yields(&self) -> bool {
+        self.heartbeat
+            .as_ref()
+            .is_some_and(|heartbeat| heartbeat.check() == Pulse::Stuck)
+    }
+
+    /// The server's next log entry, as [`Story::server_log`]; when there is none because
+    /// your proxy never yields, say that.
+    fn server_log(&self, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        let entry = Story::server_log(self, timeout);
+        if entry.is_none() && self.proxy_never_yields() {
+            panic!("{}", NEVER_YIELDS.replace("server", "proxy"));
+        }
+        entry
+    }
+}
+
+impl Drop for Lab {
+    /// Stopping the world waits for your proxy to notice the stop signal, which a proxy
+    /// that never yields cannot do: then leave it behind (the test process exits soon
+    /// after, with its namespaces) and say why, instead of hanging until the timeout.
+    fn drop(&mut self) {
+        let story = self.story.take();
+        if self.proxy_never_yields() {
+            std::mem::forget(story);
+            if !std::thread::panicking() {
+                panic!("{}", NEVER_YIELDS.replace("server", "proxy"));
+            }
+        }
+    }
+}
+
+fn story_with(proxy: Proxy) -> Lab {
     netlab::require_sandbox();
     let docker_proxy = match proxy {
         Proxy::DockerProxy2010 => Some(story::docker_proxy_path().unwrap_or_else(|| {
@@ -77,17 +129,29 @@ fn story_with(proxy: Proxy) -> Story {
     };
     let mut story = Story::up(&your_nat_rules(), false)
         .unwrap_or_else(|e| panic!("the story's world with your NAT rules: {e:#}"));
+    let mut heartbeat = None;
     match docker_proxy {
         Some(path) => {
             story
                 .start_docker_proxy(&path)
                 .unwrap_or_else(|e| panic!("starting {}: {e:#}", path.display()));
         }
-        None => story
-            .start_proxy(run_udp_proxy)
-            .unwrap_or_else(|e| panic!("your proxy should start: {e:#}")),
+        None => {
+            let (heartbeat_tx, heartbeat_rx) = std::sync::mpsc::channel();
+            story
+                .start_proxy(move |listener, backend| {
+                    // Called inside the proxy's runtime: the heartbeat runs beside it.
+                    let _ = heartbeat_tx.send(Heartbeat::start());
+                    run_udp_proxy(listener, backend)
+                })
+                .unwrap_or_else(|e| panic!("your proxy should start: {e:#}"));
+            heartbeat = heartbeat_rx.recv_timeout(Duration::from_secs(10)).ok();
+        }
     }
-    story
+    Lab {
+        story: Some(story),
+        heartbeat,
+    }
 }
 
 /// An outcome in words: `a reply from 172.18.0.2:4000: 4 bytes "ping"`.
