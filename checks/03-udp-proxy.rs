@@ -9,6 +9,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use netlab::watchdog::{Heartbeat, Pulse, NEVER_YIELDS};
 use rstest::rstest;
 use story::{Outcome, Story};
 
@@ -23,7 +24,15 @@ enum Proxy {
     DockerProxy2010,
 }
 
-/// Your rules, for the three docker networks of the story.
+/// What Docker's daemon loads before any network's rules: it sets the `filter` table's
+/// FORWARD policy to DROP (since Docker 1.13), so that only what a network's rules
+/// ACCEPT is forwarded. Loaded first, with your rules on top: a `*filter` section of
+/// yours replaces it (iptables-restore replaces each table it names), and a ruleset
+/// without one leaves every forwarded packet dropped — as on a real docker host.
+const DOCKERD_FILTER_DEFAULTS: &str =
+    "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+/// Your rules, for the three docker networks of the story, over Docker's defaults.
 fn your_nat_rules() -> story::NatRules {
     story::NatRules::from_fn(|network| {
         let published: Vec<Publish> = network
@@ -35,11 +44,82 @@ fn your_nat_rules() -> story::NatRules {
                 container,
             })
             .collect();
-        docker_nat_rules(network.bridge, network.subnet, &published)
+        format!(
+            "{DOCKERD_FILTER_DEFAULTS}{}",
+            docker_nat_rules(network.bridge, network.subnet, &published)
+        )
     })
 }
 
-fn story_with(proxy: Proxy) -> Story {
+/// A node's `filter` table, as `iptables-save` reads it back from the kernel.
+fn filter_table(story: &Story, node: &str) -> String {
+    let output = story
+        .world
+        .node(node)
+        .unwrap()
+        .command("iptables-save")
+        .args(["-t", "filter"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run iptables-save in {node}: {e}"));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The story running with a proxy in `host`, and — for your proxy — a heartbeat on its
+/// runtime, to tell "nothing relayed" from "your proxy never yields" (netlab::watchdog).
+struct Lab {
+    /// Always `Some` until dropped (see `Drop`).
+    story: Option<Story>,
+    heartbeat: Option<Heartbeat>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Story;
+    fn deref(&self) -> &Story {
+        self.story
+            .as_ref()
+            .expect("the story lives as long as the lab")
+    }
+}
+
+impl Lab {
+    /// Is your proxy holding its runtime's only thread?
+    fn proxy_never_yields(&self) -> bool {
+        self.heartbeat
+            .as_ref()
+            .is_some_and(|heartbeat| heartbeat.check() == Pulse::Stuck)
+    }
+
+    /// The server's next log entry, as [`Story::server_log`]; when there is none because
+    /// your proxy never yields, say that.
+    fn server_log(&self, timeout: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        let entry = Story::server_log(self, timeout);
+        if entry.is_none() && self.proxy_never_yields() {
+            panic!("{}", NEVER_YIELDS.replace("server", "proxy"));
+        }
+        entry
+    }
+}
+
+impl Drop for Lab {
+    /// Stopping the world waits for your proxy to notice the stop signal, which a proxy
+    /// that never yields cannot do: then leave it behind (the test process exits soon
+    /// after, with its namespaces) and say why, instead of hanging until the timeout.
+    fn drop(&mut self) {
+        let story = self.story.take();
+        if self.proxy_never_yields() {
+            std::mem::forget(story);
+            if !std::thread::panicking() {
+                panic!("{}", NEVER_YIELDS.replace("server", "proxy"));
+            }
+        }
+    }
+}
+
+fn story_with(proxy: Proxy) -> Lab {
     netlab::require_sandbox();
     let docker_proxy = match proxy {
         Proxy::DockerProxy2010 => Some(story::docker_proxy_path().unwrap_or_else(|| {
@@ -49,17 +129,44 @@ fn story_with(proxy: Proxy) -> Story {
     };
     let mut story = Story::up(&your_nat_rules(), false)
         .unwrap_or_else(|e| panic!("the story's world with your NAT rules: {e:#}"));
+    let mut heartbeat = None;
     match docker_proxy {
         Some(path) => {
             story
                 .start_docker_proxy(&path)
                 .unwrap_or_else(|e| panic!("starting {}: {e:#}", path.display()));
         }
-        None => story
-            .start_proxy(run_udp_proxy)
-            .unwrap_or_else(|e| panic!("your proxy should start: {e:#}")),
+        None => {
+            let (heartbeat_tx, heartbeat_rx) = std::sync::mpsc::channel();
+            story
+                .start_proxy(move |listener, backend| {
+                    // Called inside the proxy's runtime: the heartbeat runs beside it.
+                    let _ = heartbeat_tx.send(Heartbeat::start());
+                    run_udp_proxy(listener, backend)
+                })
+                .unwrap_or_else(|e| panic!("your proxy should start: {e:#}"));
+            heartbeat = heartbeat_rx.recv_timeout(Duration::from_secs(10)).ok();
+        }
     }
-    story
+    Lab {
+        story: Some(story),
+        heartbeat,
+    }
+}
+
+/// An outcome in words: `a reply from 172.18.0.2:4000: 4 bytes "ping"`.
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Reply { from, payload } => {
+            let text: String = payload
+                .iter()
+                .flat_map(|b| b.escape_ascii())
+                .map(char::from)
+                .collect();
+            format!("a reply from {from}: {} bytes \"{text}\"", payload.len())
+        }
+        Outcome::NoReply { waited } => format!("no reply (waited {waited:?})"),
+    }
 }
 
 fn at(ip: &str, port: u16) -> SocketAddr {
@@ -83,7 +190,12 @@ fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy:
     // 1. The datagram reached the server — relayed by the proxy, from the host's bridge.
     let (source, payload) = story
         .server_log(Duration::from_secs(2))
-        .expect("the server never received the client's datagram: the proxy should relay it to 172.18.0.2:4000");
+        .expect(
+            "the server never received the client's datagram. The proxy should relay it to 172.18.0.2:4000 — \
+             and dind1's FORWARD chain may drop it on its way to the server (its policy is DROP, as Docker sets \
+             it: your filter table must ACCEPT what goes to a published port), as dind2's may drop it on its \
+             way out of the client's container (ACCEPT what leaves the bridge: `-i docker0 ! -o docker0`)",
+        );
     assert_eq!(payload, b"ping");
     assert_eq!(
         source.ip().to_string(),
@@ -95,7 +207,8 @@ fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy:
     // 2. The server answered, yet the client got nothing.
     assert!(
         matches!(outcome, Outcome::NoReply { .. }),
-        "the client should hear nothing — that is the bug of the story; it got {outcome:?}"
+        "the client should hear nothing — that is the bug of the story; it got {}",
+        describe(&outcome)
     );
 
     // 3. dind2's conntrack tells why: the client's flow still waits for an answer from
@@ -130,15 +243,28 @@ fn talking_to_dind1_directly_works_so_the_proxy_path_is_to_blame() {
             Duration::from_secs(2),
         )
         .unwrap();
-    assert_eq!(
-        outcome,
-        Outcome::Reply { from: at(story::DIND1, story::PORT), payload: b"ping".to_vec() },
+    let received = story.server_log(Duration::from_secs(2));
+    if received.is_none() {
+        let filter = filter_table(&story, "dind1");
+        panic!(
+            "the server never received the datagram sent to 172.18.0.2:4000: dind1 should DNAT it to \
+             172.17.0.2:4000 and FORWARD it there — but dind1's FORWARD chain drops it (its policy is DROP, as \
+             Docker sets it): your filter table must ACCEPT packets to a published port \
+             (`-A DOCKER -d CONTAINER/32 ! -i BRIDGE -o BRIDGE -p udp -m udp --dport PORT -j ACCEPT`, \
+             reached from FORWARD) and the answers (`--ctstate RELATED,ESTABLISHED`). dind1's filter table:\n{filter}"
+        );
+    }
+    assert!(
+        outcome
+            == Outcome::Reply {
+                from: at(story::DIND1, story::PORT),
+                payload: b"ping".to_vec()
+            },
         "sent to 172.18.0.2:4000, the datagram is DNATed by dind1 to the server, and conntrack reverses \
-         both NATs on the answer: the client should hear from 172.18.0.2:4000"
+         both NATs on the answer: the client should hear 4 bytes \"ping\" from 172.18.0.2:4000, got {}",
+        describe(&outcome)
     );
-    let (source, _) = story
-        .server_log(Duration::from_secs(2))
-        .expect("the server should have logged the datagram");
+    let (source, _) = received.expect("checked above");
     assert_eq!(
         source,
         at(story::DIND2, story::CLIENT_PORT),
@@ -162,7 +288,10 @@ fn your_proxy_keeps_one_upstream_socket_per_client() {
             })
             .unwrap();
         let (source, _) = story.server_log(Duration::from_secs(2)).unwrap_or_else(|| {
-            panic!("the proxy should relay the datagram from 172.18.0.3:{local_port} to the server")
+            panic!(
+                "the server never received the datagram from 172.18.0.3:{local_port}: the proxy should relay it \
+                 to 172.18.0.2:4000, and dind1's FORWARD chain (policy DROP) must let it through to the server"
+            )
         });
         assert_eq!(
             source.ip().to_string(),

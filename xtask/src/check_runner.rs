@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use course::Exercise;
 
 use crate::cargo_build::{self, Build};
-use crate::outcome::{self, Verdict};
+use crate::outcome::{self, SeenErrors, Verdict};
 use crate::proc;
 use crate::style;
 
@@ -168,13 +168,37 @@ pub fn run_exercise(root: &Path, ex: &Exercise, opts: Options) -> Result<Report>
             ex.dir
         );
     }
+    if opts.sudo && !proc::is_root() {
+        sudo_validate()?;
+    }
+    let mut seen = SeenErrors::default();
+    // The test whose error was printed last (to say "above" only when it is just above).
+    let mut last_shown: Option<String> = None;
     for name in tests {
         let verdict = run_one(&executable, &dir, &name, opts.timeout, root, opts.sudo)?;
         report.tally.count(&verdict, opts.skips_fail);
         if opts.verbose {
-            print_verdict(&name, &verdict, opts);
+            match seen.note(&name, &verdict) {
+                Some(first) => {
+                    print_repeat(&name, &first, last_shown.as_deref() == Some(first.as_str()));
+                    last_shown = Some(first);
+                }
+                None => {
+                    print_verdict(&name, &verdict, opts);
+                    last_shown = verdict.is_failure(true).then(|| name.clone());
+                }
+            }
         }
         report.results.push((name, verdict));
+    }
+    if opts.verbose {
+        for (first, count) in seen.repeated() {
+            println!(
+                "  {} {count} checks failed with the error shown under {}: one mistake, fix it first",
+                style::yellow("note:"),
+                short_name(first)
+            );
+        }
     }
     if opts.verbose && !opts.solution && report.tally.failed > 0 {
         println!(
@@ -213,12 +237,12 @@ pub fn run_one(
         print!("  {}  {name}", style::dim("RUN "));
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
-    // With --sudo only the test binary runs as root, never cargo; each check still has
-    // its own time limits inside (rstest's #[timeout]) should the kill below be refused.
-    let mut cmd = if sudo && !proc::is_root() {
-        let mut sudo = Command::new("sudo");
-        sudo.arg("-E").arg(executable);
-        sudo
+    // With --sudo only the test binary runs as root, never cargo — under a lifeline that
+    // kills it if we die (see proc.rs); each check still has its own time limits inside
+    // (rstest's #[timeout]).
+    let through_sudo = sudo && !proc::is_root();
+    let mut cmd = if through_sudo {
+        sudo_command(&std::env::current_exe()?, executable)
     } else {
         Command::new(executable)
     };
@@ -226,7 +250,12 @@ pub fn run_one(
         .current_dir(cwd)
         .env("RUST_BACKTRACE", "0")
         .env("CARGO_MANIFEST_DIR", cwd);
-    let run = proc::run_captured(cmd, timeout)
+    let stdin = if through_sudo {
+        proc::Stdin::Lifeline
+    } else {
+        proc::Stdin::Null
+    };
+    let run = proc::run_captured_with(cmd, timeout, stdin)
         .with_context(|| format!("cannot run {}", executable.display()))?;
     if style::interactive() {
         print!("\r\x1b[2K");
@@ -234,10 +263,54 @@ pub fn run_one(
     Ok(outcome::classify(&run, name, root))
 }
 
+/// `sudo -n -E <xtask> lifeline -- <check binary>`: the check runs as root, in a process
+/// group of its own, and dies when the runner's end of its stdin closes. `-n`: never
+/// prompt (the password was asked once, up front, by [`sudo_validate`]); a prompt here
+/// would wait unseen, as the check's output is captured.
+pub fn sudo_command(xtask: &Path, executable: &Path) -> Command {
+    let mut cmd = Command::new("sudo");
+    cmd.args(["-n", "-E"])
+        .arg(xtask)
+        .args(["lifeline", "--"])
+        .arg(executable);
+    cmd
+}
+
+/// `sudo -v`: ask for the password once, in the foreground, before the captured runs.
+fn sudo_validate() -> Result<()> {
+    let ok = proc::run_visible(Command::new("sudo").arg("-v"))
+        .context("`check --sudo` needs sudo: install it, or run the checks as root")?;
+    if !ok {
+        bail!("sudo refused (`sudo -v` failed): the eBPF checks need root");
+    }
+    Ok(())
+}
+
+/// A test's name as shown: every check lives in the module `check` (see tests/check.rs),
+/// which is said once, not on every line.
+fn short_name(name: &str) -> String {
+    name.replacen("check::", "", 1)
+}
+
+/// `  FAIL  name  (the same error as above)`: one mistake, one message. `first` is the
+/// test under which the error was shown; `just_above`: it is the last error printed.
+fn print_repeat(name: &str, first: &str, just_above: bool) {
+    let note = if just_above {
+        "(the same error as above)".to_string()
+    } else {
+        format!("(the same error as {})", short_name(first))
+    };
+    println!(
+        "  {}  {}  {}",
+        style::red("FAIL"),
+        short_name(name),
+        style::dim(&note)
+    );
+}
+
 /// `  OK    name`, `  FAIL  name` (+ details), `  SKIP  name (why)`.
 pub fn print_verdict(name: &str, verdict: &Verdict, opts: Options) {
-    // Every check lives in the module `check` (see tests/check.rs): say it once, not per line.
-    let name = name.replacen("check::", "", 1);
+    let name = short_name(name);
     let indent = |lines: &[String]| {
         for line in lines {
             if line.trim().is_empty() {
@@ -301,6 +374,17 @@ mod tests {
         assert_eq!(
             tally.summary_line(),
             "summary: 1 passed, 2 failed, 1 skipped"
+        );
+    }
+
+    #[test]
+    fn sudo_runs_only_the_check_under_a_lifeline() {
+        let cmd = sudo_command(Path::new("/t/xtask"), Path::new("/t/deps/check-1"));
+        assert_eq!(cmd.get_program(), "sudo");
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(
+            args,
+            ["-n", "-E", "/t/xtask", "lifeline", "--", "/t/deps/check-1"]
         );
     }
 

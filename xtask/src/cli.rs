@@ -53,12 +53,19 @@ pub enum Command {
     Test(TimeoutArg),
     /// Time the world's up+down and a full `check --all --solution`.
     Bench(TimeoutArg),
+    /// (Internal, run by `check --sudo` as root.) Run PROGRAM in its own process group
+    /// and kill the group when standard input closes (the runner finished or died).
+    #[command(hide = true)]
+    Lifeline {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        program: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// exercise-3, 3, 03 or udp-proxy
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    /// exercise-3, 3, 03 or udp-proxy (none: your current exercise, the first not done)
+    #[arg(conflicts_with = "all")]
     pub name: Option<String>,
     /// Check every exercise, in order.
     #[arg(long)]
@@ -108,15 +115,21 @@ mod tests {
     }
 
     #[test]
-    fn check_takes_a_name_or_all() {
+    fn check_takes_a_name_all_or_nothing() {
         let cli = Cli::try_parse_from(["xtask", "check", "3", "--timeout", "5"]).unwrap();
         let Command::Check(args) = cli.command else {
             panic!("not check")
         };
         assert_eq!(args.name.as_deref(), Some("3"));
         assert_eq!(args.timeout.seconds, 5);
-        assert!(Cli::try_parse_from(["xtask", "check"]).is_err());
+        // No name: the current exercise, as rustlings does.
+        let cli = Cli::try_parse_from(["xtask", "check"]).unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!((args.name, args.all), (None, false));
         assert!(Cli::try_parse_from(["xtask", "check", "--all", "--solution"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "check", "3", "--all"]).is_err());
     }
 
     #[test]

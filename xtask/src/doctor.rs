@@ -234,10 +234,11 @@ fn user_namespaces() -> Item {
         fix.push("sudo sysctl kernel.unprivileged_userns_clone=1".to_string());
     }
     if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        fix.push("sudo sysctl user.max_user_namespaces=15000".to_string());
+        // The same value as the checks' own SKIPPED message (netlab's sandbox).
+        fix.push("sudo sysctl user.max_user_namespaces=10000".to_string());
     }
     if fix.is_empty() {
-        fix.push("run the checks as root (sudo -E env \"PATH=$PATH\" cargo xtask check …), or allow user namespaces (inside a container: run it with --privileged or a seccomp profile that allows unshare)".to_string());
+        fix.push("run the checks as root (cargo xtask check N --sudo: it builds as you, then runs only the built checks as root), or allow user namespaces (inside a container: run it with --privileged or a seccomp profile that allows unshare)".to_string());
     }
     let level = if proc::is_root() {
         Level::Warn

@@ -44,6 +44,13 @@ use crate::progress::{Progress, State};
 fn main() -> ExitCode {
     proc::install_interrupt_handler();
     let cli = Cli::parse();
+    if let Cmd::Lifeline { program } = &cli.command {
+        // Runs as root behind sudo, possibly outside the course's directory: no course.
+        return proc::lifeline(program).unwrap_or_else(|error| {
+            eprintln!("{} {error:#}", style::red("error:"));
+            ExitCode::FAILURE
+        });
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -68,6 +75,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::DevCheck(timeout) => devcheck::dev_check(&root, &course, timeout.duration()),
         Cmd::Test(timeout) => ci::test(&root, &course, timeout.duration()),
         Cmd::Bench(timeout) => bench::bench(&root, &course, timeout.duration()),
+        Cmd::Lifeline { program } => proc::lifeline(&program),
     }
 }
 
@@ -119,9 +127,30 @@ pub fn progress_line(states: &[State]) -> String {
 
 /// `cargo xtask check …`
 fn check(root: &Path, course: &Course, args: &CheckArgs) -> Result<ExitCode> {
-    let exercises = match &args.name {
-        Some(name) => vec![course.find(name)?],
-        None => course.exercises.iter().collect(),
+    let exercises = match (&args.name, args.all) {
+        (Some(name), _) => vec![course.find(name)?],
+        (None, true) => course.exercises.iter().collect(),
+        (None, false) => {
+            match current_exercise(root, course, args.solution) {
+                Some(ex) => {
+                    println!(
+                    "{}",
+                    style::dim(&format!(
+                        "checking your current exercise, {} (another one: cargo xtask check N; every one: --all)",
+                        ex.id
+                    ))
+                );
+                    vec![ex]
+                }
+                None => {
+                    println!(
+                    "{}",
+                    style::green("Every exercise is done. `cargo xtask check --all` checks them all again.")
+                );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
     };
     let opts = Options {
         sudo: args.sudo,
@@ -133,6 +162,25 @@ fn check(root: &Path, course: &Course, args: &CheckArgs) -> Result<ExitCode> {
     let tally = check_exercises(root, course, &exercises, opts)?;
     println!("{}", tally.summary_line());
     Ok(exit(tally.failed == 0))
+}
+
+/// The learner's current exercise: the first that is not done (as `watch` and `list`
+/// say). With `--solution` there is no progress to follow: the first exercise.
+fn current_exercise<'c>(
+    root: &Path,
+    course: &'c Course,
+    solution: bool,
+) -> Option<&'c course::Exercise> {
+    if solution {
+        return course.exercises.first();
+    }
+    let states = Progress::load(root).states(root, course);
+    course
+        .exercises
+        .iter()
+        .zip(&states)
+        .find(|(_, state)| **state != State::Done)
+        .map(|(ex, _)| ex)
 }
 
 /// Check several exercises, record progress (for the learner's own code), and return

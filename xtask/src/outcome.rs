@@ -48,6 +48,49 @@ impl Verdict {
     }
 }
 
+/// The errors already shown during one exercise's run, so that one mistake gets one
+/// message: when 17 checks fail with the same topology error, or the same panic in the
+/// learner's code, the error is printed under the first and the others point at it.
+#[derive(Debug, Default)]
+pub struct SeenErrors {
+    /// (what the error says, the first test that showed it, how many tests had it)
+    errors: Vec<(String, String, usize)>,
+}
+
+impl SeenErrors {
+    /// Count `verdict`'s error; the first test that already showed the same one, if any.
+    pub fn note(&mut self, test: &str, verdict: &Verdict) -> Option<String> {
+        let key = error_text(verdict)?;
+        if let Some((_, first, count)) = self.errors.iter_mut().find(|(k, ..)| *k == key) {
+            *count += 1;
+            return Some(first.clone());
+        }
+        self.errors.push((key, test.to_string(), 1));
+        None
+    }
+
+    /// The errors that more than one test had: (first test, number of tests).
+    pub fn repeated(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.errors
+            .iter()
+            .filter(|(_, _, count)| *count > 1)
+            .map(|(_, first, count)| (first.as_str(), *count))
+    }
+}
+
+/// What a failure says, to recognise the same error in another test (None: no error).
+fn error_text(verdict: &Verdict) -> Option<String> {
+    match verdict {
+        Verdict::Ok | Verdict::Skip { .. } => None,
+        Verdict::Fail { details } => Some(format!("fail\n{}", details.join("\n"))),
+        // The time differs a little from test to test; what they printed is the error.
+        Verdict::TimedOut { details, .. } => Some(format!("timeout\n{}", details.join("\n"))),
+        Verdict::NotImplemented { function, location } => {
+            Some(format!("todo\n{function}\n{location}"))
+        }
+    }
+}
+
 /// The names of the tests in libtest's `--list --format terse` output (`name: test`).
 pub fn parse_test_list(output: &str) -> Vec<String> {
     output
@@ -439,6 +482,30 @@ fn other() {}
                 "expected the reply to come from 127.0.0.1:4000, it came from 127.0.0.1:5000"
             ]
         );
+    }
+
+    #[test]
+    fn the_same_error_is_shown_once_and_counted() {
+        let topology = Verdict::Fail {
+            details: vec!["invalid topology: dind1 has no route to 172.18.0.1".into()],
+        };
+        let other = Verdict::Fail {
+            details: vec!["expected a reply".into()],
+        };
+        let mut seen = SeenErrors::default();
+        assert_eq!(seen.note("a", &topology), None, "the first one is shown");
+        assert_eq!(seen.note("b", &Verdict::Ok), None);
+        assert_eq!(seen.note("c", &other), None, "another error is shown too");
+        for test in ["d", "e", "f"] {
+            assert_eq!(seen.note(test, &topology).as_deref(), Some("a"));
+        }
+        assert_eq!(seen.repeated().collect::<Vec<_>>(), [("a", 4)]);
+        let timed_out = |secs| Verdict::TimedOut {
+            after: Duration::from_secs(secs),
+            details: vec!["waiting".into()],
+        };
+        assert_eq!(seen.note("g", &timed_out(20)), None);
+        assert_eq!(seen.note("h", &timed_out(21)).as_deref(), Some("g"));
     }
 
     #[test]

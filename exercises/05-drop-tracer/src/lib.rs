@@ -16,8 +16,8 @@
 //! reading the ring buffer — is the course's tracer (`tracer/`), reused as a library by
 //! [`DropTracer`]: read it, you do not need to change it.
 //!
-//! Loading eBPF programs needs real root: run the checks with
-//! `sudo -E env PATH=$PATH cargo xtask check drop-tracer`.
+//! Loading eBPF programs needs real root: run the checks with `cargo xtask check 5 --sudo`
+//! (it builds as you, then runs only the built checks as root; never `sudo cargo`).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -119,18 +119,76 @@ pub struct Tracer {
 }
 
 /// Describes a loading error, with the verifier's log when there is one.
+///
+/// The kernel answers a program its verifier rejects with EACCES ("Permission denied") or
+/// EINVAL, and explains why only in the verifier's log: say that the verifier rejected it
+/// and show the end of the log, where the reason is — not a bare "Permission denied",
+/// which reads like a missing privilege.
 fn describe(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{io_error}; verifier log (end):\n{}", tail.join("\n"))
-        }
+        } => describe_load_error(io_error, &verifier_log.to_string()),
         other => format!("{other}"),
+    }
+}
+
+/// [`describe`] for `BPF_PROG_LOAD`'s error and the verifier's log.
+fn describe_load_error(io_error: &std::io::Error, log: &str) -> String {
+    // The log ends with statistics ("verification time 139 usec", "processed 3 insns"):
+    // without them, its last line is the reason.
+    let statistics = |line: &&str| {
+        line.starts_with("verification time ")
+            || line.starts_with("stack depth ")
+            || line.starts_with("processed ")
+    };
+    let tail: Vec<&str> = log
+        .trim_end()
+        .lines()
+        .rev()
+        .skip_while(statistics)
+        .take(12)
+        .collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let tail = tail.join("\n");
+    match io_error.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "the kernel refused to load the program ({io_error}): loading eBPF needs root, \
+             or CAP_BPF + CAP_PERFMON"
+        ),
+        Some(libc::EACCES | libc::EINVAL) if !tail.is_empty() => format!(
+            "the kernel's verifier rejected the program ({io_error}); the end of its log \
+             (the last line says why, after the instruction it refused):\n{tail}"
+        ),
+        _ if !tail.is_empty() => format!(
+            "the kernel did not load the program ({io_error}); the end of the verifier's log:\n{tail}"
+        ),
+        _ => format!("the kernel did not load the program: {io_error}"),
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe_load_error;
+    use std::io::Error;
+
+    #[test]
+    fn a_verifier_rejection_is_named_with_its_log() {
+        let log = "0: (79) r2 = *(u64 *)(r1 +0)\n1: (61) r0 = *(u32 *)(r2 +0)\nR2 invalid mem access 'scalar'\nprocessed 2 insns\n";
+        let text = describe_load_error(&Error::from_raw_os_error(libc::EACCES), log);
+        assert!(
+            text.starts_with("the kernel's verifier rejected the program"),
+            "{text}"
+        );
+        assert!(text.contains("R2 invalid mem access 'scalar'"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_privilege_is_not_blamed_on_the_verifier() {
+        let text = describe_load_error(&Error::from_raw_os_error(libc::EPERM), "");
+        assert!(text.contains("needs root"), "{text}");
+        assert!(!text.contains("verifier"), "{text}");
     }
 }
 
@@ -242,7 +300,9 @@ impl Tracer {
             .override_global("CONFIG", &config, true);
         if ring_bytes != 0 {
             if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
-                bail!("the ring buffer size must be a power of two of at least 4096 bytes");
+                bail!(
+                    "the ring buffer size ({ring_bytes} bytes) must be a power of two of at least 4096 bytes"
+                );
             }
             loader.map_max_entries("EVENTS", ring_bytes);
         }

@@ -71,12 +71,102 @@ struct Common {
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
-    /// Ring buffer size in KiB, a power of two (default 4096). A tiny one shows lost events.
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    ring_kib: u32,
+    /// Ring buffer size in KiB, a power of two from 4 to 2097152 (default 4096). A tiny one
+    /// shows lost events.
+    #[arg(long, value_parser = ring_kib)]
+    ring_kib: Option<u32>,
     /// Node names for netns inodes: a JSON file {"pid": N, "nodes": {"NAME": INODE, ...}}.
     #[arg(long)]
     netns_names: Option<PathBuf>,
+}
+
+/// The largest ring buffer: its size in bytes must fit the kernel's 32-bit field, and be
+/// a power of two — 2^31 bytes, 2 GiB.
+const MAX_RING_KIB: u64 = 1 << 21;
+
+/// `--ring-kib`: a power of two from 4 (one page) to [`MAX_RING_KIB`], each mistake named.
+fn ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of KiB"))?;
+    if kib == 0 {
+        return Err(
+            "0 KiB holds no event: give at least 4 (one page), or leave --ring-kib out for the default 4096"
+                .into(),
+        );
+    }
+    if kib > MAX_RING_KIB {
+        return Err(format!(
+            "{kib} KiB is too large: the largest ring buffer is {MAX_RING_KIB} KiB (2 GiB)"
+        ));
+    }
+    if kib < 4 {
+        return Err(format!(
+            "{kib} KiB is too small: a ring buffer is at least 4 KiB (one page)"
+        ));
+    }
+    if !kib.is_power_of_two() {
+        let below = 1u64 << (63 - kib.leading_zeros());
+        return Err(format!(
+            "{kib} is not a power of two, which the kernel requires: try {below} or {}",
+            below * 2
+        ));
+    }
+    Ok(kib as u32)
+}
+
+/// `1 tracepoint`, `30 tracepoints`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Does network namespace `inode` exist? A namespace lives while a task is in it, a file
+/// descriptor holds it (as the course's labs do), or a bind mount pins it (`ip netns add`
+/// puts one in /run/netns/). When /proc cannot be read, say yes: better no warning than
+/// a wrong one.
+fn netns_exists(inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let want = format!("net:[{inode}]");
+    let links_to = |path: &std::path::Path| {
+        std::fs::read_link(path).is_ok_and(|target| target.as_os_str() == want.as_str())
+    };
+    let pinned = std::fs::read_dir("/run/netns").is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.ino() == inode))
+    });
+    if pinned {
+        return true;
+    }
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    processes.flatten().any(|process| {
+        let dir = process.path();
+        let in_a_task = std::fs::read_dir(dir.join("task")).is_ok_and(|tasks| {
+            tasks
+                .flatten()
+                .any(|task| links_to(&task.path().join("ns/net")))
+        });
+        in_a_task
+            || std::fs::read_dir(dir.join("fd"))
+                .is_ok_and(|fds| fds.flatten().any(|fd| links_to(&fd.path())))
+    })
+}
+
+/// Warn when no process holds network namespace `inode` right now: `--netns` with a
+/// mistyped inode would otherwise wait in silence for events that can never come.
+fn warn_unless_netns_exists(inode: u32) {
+    if !netns_exists(inode as u64) {
+        eprintln!(
+            "tracer: warning: no process holds network namespace {inode} right now \
+             (`ls -lL /proc/*/ns/net` lists those that exist): nothing will match unless it appears later"
+        );
+    }
 }
 
 fn options(mode: Mode, c: Common) -> anyhow::Result<RunOptions> {
@@ -108,6 +198,9 @@ fn options(mode: Mode, c: Common) -> anyhow::Result<RunOptions> {
             }
         }
     };
+    if let (Some(inode), None) = (c.netns, &c.node) {
+        warn_unless_netns_exists(inode);
+    }
     tracer::filter::restrict(&mut filter, netns, c.ifindex);
     let mut o = RunOptions::new(mode);
     o.filter = filter;
@@ -115,7 +208,7 @@ fn options(mode: Mode, c: Common) -> anyhow::Result<RunOptions> {
     o.ready_file = c.ready_file;
     o.duration = c.duration.map(Duration::from_secs_f64);
     o.count = c.count;
-    o.ring_kib = c.ring_kib;
+    o.ring_kib = c.ring_kib.unwrap_or(0); // 0: the default
     o.netns_names = c.netns_names;
     Ok(o)
 }
@@ -149,10 +242,10 @@ fn main_result() -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let summary = run::run(&opts, &mut stdout, stop)?;
     eprintln!(
-        "tracer: {} events, {} lost (ring buffer full), {} tracepoints attached in {:.1} ms",
-        summary.events,
+        "tracer: {}, {} lost (ring buffer full), {} attached in {:.1} ms",
+        count(summary.events as usize, "event"),
         summary.lost,
-        summary.attached,
+        count(summary.attached, "tracepoint"),
         summary.attach_time.as_secs_f64() * 1000.0
     );
     Ok(())
@@ -165,5 +258,50 @@ fn main() -> ExitCode {
             eprintln!("tracer: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_refused_with_the_right_reason() {
+        assert_eq!(ring_kib("4096"), Ok(4096));
+        assert_eq!(ring_kib("4"), Ok(4));
+        assert_eq!(ring_kib("2097152"), Ok(2_097_152));
+        assert!(ring_kib("0").unwrap_err().contains("0 KiB holds no event"));
+        for too_large in ["4194304", "4294967296", "99999999999999"] {
+            let error = ring_kib(too_large).unwrap_err();
+            assert!(error.contains("too large"), "{too_large}: {error}");
+        }
+        assert!(ring_kib("2").unwrap_err().contains("too small"));
+        assert_eq!(
+            ring_kib("3000").unwrap_err(),
+            "3000 is not a power of two, which the kernel requires: try 2048 or 4096"
+        );
+        assert!(ring_kib("lots").unwrap_err().contains("not a whole number"));
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1, "tracepoint"), "1 tracepoint");
+        assert_eq!(count(0, "event"), "0 events");
+        assert_eq!(count(30, "tracepoint"), "30 tracepoints");
+    }
+
+    #[test]
+    fn our_own_namespace_exists_and_a_made_up_one_does_not() {
+        use std::os::unix::fs::MetadataExt as _;
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert!(netns_exists(ours));
+        // Namespace inodes live in the proc filesystem's own range (near 2^32); 1 is not one.
+        assert!(!netns_exists(1));
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
