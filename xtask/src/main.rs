@@ -250,7 +250,17 @@ fn repro(root: &Path, args: &[String]) -> Result<ExitCode> {
             "  (once only; Ctrl-C stops, and the next `cargo xtask repro` goes on from there)"
         );
         match setup::install_ebpf_toolchain() {
-            Ok(()) => hop_table = setup::ebpf_toolchain_ready(),
+            Ok(()) => {
+                hop_table = setup::ebpf_toolchain_ready();
+                if !hop_table {
+                    println!(
+                        "{} installed, but bpf-linker is not on PATH: cargo installs into \
+                         ~/.cargo/bin (or $CARGO_INSTALL_ROOT/bin); add that to PATH. \
+                         The story runs on, without the hop table.",
+                        style::yellow("repro:")
+                    );
+                }
+            }
             Err(error) => println!(
                 "{} {error:#}\nThe story runs on, without the hop table.",
                 style::yellow("repro:")
