@@ -283,8 +283,8 @@ fn repro(root: &Path, args: &[String]) -> Result<ExitCode> {
             root,
             &["-p", "lab", "--features", "hop-table"],
             "building the lab with the eBPF tracer",
-            "building the lab with the eBPF tracer (the first time: about 2 to 5 minutes; \
-             the eBPF programs are compiled by the tracer's build script)",
+            "building the lab with the eBPF tracer (the first time: 2 to 6 minutes; \
+             the tracer's build script compiles the eBPF programs)",
         )?;
         match failed {
             None => return run_lab(root, &["--features", "hop-table"], &lab_args),

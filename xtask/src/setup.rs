@@ -244,14 +244,18 @@ fn nightly() -> Result<()> {
 
 /// Can this machine build the course's eBPF programs (nightly with rust-src, bpf-linker)?
 pub fn ebpf_toolchain_ready() -> bool {
-    let nightly_src = Command::new("rustup")
+    nightly_has_rust_src() && proc::which("bpf-linker").is_some()
+}
+
+/// Is there a nightly toolchain with the standard library's source (for `-Z build-std`)?
+fn nightly_has_rust_src() -> bool {
+    Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library").is_dir());
-    nightly_src && proc::which("bpf-linker").is_some()
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library").is_dir())
 }
 
 fn bpf_linker() -> Result<()> {
@@ -287,17 +291,38 @@ pub fn ebpf_toolchain_commands() -> Vec<String> {
     ]
 }
 
-/// What repro says before it installs the eBPF toolchain: the steps and their times.
+/// What repro says before it installs the eBPF toolchain: the missing parts, each
+/// with about how long it takes.
 pub fn ebpf_toolchain_plan() -> Vec<String> {
-    vec![
-        format!(
-            "Debian's LLVM 22 for bpf-linker to link against: apt-get install {} (about 2 minutes, 150 MB)",
-            TRACER_PACKAGES.join(" ")
-        ),
-        "nightly Rust with the standard library's source, to build for the BPF target: rustup (about 1 minute)".to_string(),
-        format!("bpf-linker, the linker for BPF programs: cargo install ({BPF_LINKER_ESTIMATE})"),
-        "then the first build of the course's eBPF tracer (about 2 minutes)".to_string(),
-    ]
+    let mut plan = Vec::new();
+    let missing: Vec<&str> = TRACER_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        plan.push(format!(
+            "Debian's LLVM 22, for bpf-linker to link against: apt-get install {} \
+             (about 2 minutes, 150 MB to download)",
+            missing.join(" ")
+        ));
+    }
+    if !nightly_has_rust_src() {
+        plan.push(
+            "nightly Rust with the standard library's source, to build for the BPF target: \
+             rustup (about 1 minute)"
+                .to_string(),
+        );
+    }
+    if proc::which("bpf-linker").is_none() {
+        plan.push(format!(
+            "bpf-linker, the linker of BPF programs: cargo install ({BPF_LINKER_ESTIMATE})"
+        ));
+    }
+    plan.push(
+        "then the first build of the course's eBPF tracer (2 to 6 minutes, once)".to_string(),
+    );
+    plan
 }
 
 fn mdbook() -> Result<()> {
