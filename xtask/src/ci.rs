@@ -23,6 +23,8 @@ fn heading(text: &str) {
 }
 
 pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode> {
+    // Before anything runs, setup included: the snapshot reads the kernel (netlink,
+    // /proc), not tools, so installing nftables below does not change it.
     let before = snapshot::capture();
     let mut tally = Tally::default();
 

@@ -27,6 +27,7 @@ mod progress;
 mod rootless;
 mod setup;
 mod snapshot;
+mod spinner;
 mod style;
 mod watch;
 
@@ -271,6 +272,11 @@ fn run_lab(root: &Path, cargo_args: &[&str], args: &[String]) -> Result<ExitCode
 }
 
 /// `cargo xtask repro`: make sure the first exercises' tools are there, then run the lab.
+///
+/// The hop table (step 4 of the story, its turning point) needs the course's eBPF
+/// tracer, and building that needs LLVM, nightly's rust-src and bpf-linker. As root,
+/// repro installs what is missing (saying first what, and about how long); otherwise
+/// it prints the commands, and the story still reproduces, without the table.
 fn repro(root: &Path, args: &[String]) -> Result<ExitCode> {
     if !setup::ensure_basics(root)? {
         println!("The lab cannot run without those; see above, then try again.");
@@ -278,15 +284,63 @@ fn repro(root: &Path, args: &[String]) -> Result<ExitCode> {
     }
     let mut lab_args = vec!["repro".to_string()];
     lab_args.extend(args.iter().cloned());
-    // The hop table needs the course's eBPF tracer, which needs nightly's rust-src and
-    // bpf-linker to build; without them the story still reproduces, without the table.
-    if setup::ebpf_toolchain_ready() {
-        run_lab(root, &["--features", "hop-table"], &lab_args)
-    } else {
+    let mut hop_table = setup::ebpf_toolchain_ready();
+    if !hop_table && proc::is_root() {
         println!(
-            "(no hop table this time: the eBPF tracer needs nightly's rust-src and bpf-linker — \
-             `cargo xtask setup` installs them, as root, or prints the commands)"
+            "{} the hop table (step 4) needs the course's eBPF tracer; building it needs what \
+             this machine lacks. As root, repro installs it now:",
+            style::bold("repro:")
         );
-        lab(root, &lab_args)
+        for line in setup::ebpf_toolchain_plan() {
+            println!("  - {line}");
+        }
+        println!(
+            "  (once only; Ctrl-C stops, and the next `cargo xtask repro` goes on from there)"
+        );
+        match setup::install_ebpf_toolchain() {
+            Ok(()) => {
+                hop_table = setup::ebpf_toolchain_ready();
+                if !hop_table {
+                    println!(
+                        "{} installed, but bpf-linker is not on PATH: cargo installs into \
+                         ~/.cargo/bin (or $CARGO_INSTALL_ROOT/bin); add that to PATH. \
+                         The story runs on, without the hop table.",
+                        style::yellow("repro:")
+                    );
+                }
+            }
+            Err(error) => println!(
+                "{} {error:#}\nThe story runs on, without the hop table.",
+                style::yellow("repro:")
+            ),
+        }
+    } else if !hop_table {
+        println!(
+            "(no hop table this time: the eBPF tracer needs nightly's rust-src and bpf-linker to \
+             build, and root to run. As root, `cargo xtask repro` installs them; or run:"
+        );
+        for command in setup::ebpf_toolchain_commands() {
+            println!("    {command}");
+        }
+        println!("then `cargo xtask repro` again.)");
     }
+    if hop_table {
+        // Build first, with progress: the first build compiles the eBPF programs
+        // (nightly, build-std) and takes minutes; `cargo run --quiet` would be silent.
+        let failed = spinner::cargo_build(
+            root,
+            &["-p", "lab", "--features", "hop-table"],
+            "building the lab with the eBPF tracer",
+            "building the lab with the eBPF tracer (the first time: 2 to 6 minutes; \
+             the tracer's build script compiles the eBPF programs)",
+        )?;
+        match failed {
+            None => return run_lab(root, &["--features", "hop-table"], &lab_args),
+            Some(ran) => {
+                ran.print_tail();
+                println!("The eBPF tracer did not build (above); the story runs on, without the hop table.");
+            }
+        }
+    }
+    lab(root, &lab_args)
 }

@@ -5,6 +5,10 @@
 //! System packages need root: without it, setup prints the exact `sudo` commands
 //! instead. Rust tools (`rustup`, `cargo install`) and `apt-get download` need no root
 //! and run either way.
+//!
+//! Every long step says first what it does and about how long it takes, then shows a
+//! progress line ([`crate::spinner`]) instead of the tools' own hundreds of lines; those
+//! are printed (their last lines) only when the step fails.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -14,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::SetupArgs;
 use crate::doctor::{self, Level};
 use crate::proc;
+use crate::spinner::{self, LongStep};
 use crate::style;
 
 /// Debian packages of the course's tools (the first exercises need the first two).
@@ -37,6 +42,25 @@ const TRACER_PACKAGES: &[&str] = &[
 const BASIC_PACKAGES: &[&str] = &["iproute2", "iptables"];
 /// mdBook: the 0.4 series (0.5 changed the book format); `^0.4` picks its newest release.
 const MDBOOK_VERSION: &str = "^0.4";
+
+/// What `cargo install` builds, counted and timed on a 2-core Debian 12 machine
+/// (`Compiling` lines; wall time, idle and busy): the progress bar's length and the
+/// estimate said up front. A newer release that builds more crates only makes the
+/// bar grow. bpf-linker links against Debian's LLVM, so it builds no LLVM of its own:
+/// 34 s idle, 4 min 29 s with other builds running.
+const BPF_LINKER_CRATES: u64 = 66;
+const BPF_LINKER_ESTIMATE: &str = "1 to 5 minutes, depending on how busy the machine is";
+/// mdbook 0.4.52: 1 min 39 s idle, 13 min 13 s busy.
+const MDBOOK_CRATES: u64 = 201;
+const MDBOOK_ESTIMATE: &str = "2 to 15 minutes, depending on how busy the machine is";
+/// `cargo install bpf-linker`, as setup and repro run it (and print it, without root).
+const BPF_LINKER_INSTALL: &str =
+    "cargo install bpf-linker --locked --no-default-features --features llvm-22";
+/// Where Debian's llvm-22-dev lives: bpf-linker's build looks for LLVM there.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// `rustup`, installing nightly with the standard library's source (for `-Z build-std`).
+const NIGHTLY_INSTALL: &str =
+    "rustup toolchain install nightly --component rust-src --profile minimal";
 
 fn step(text: &str) {
     println!("{} {text}", style::bold("setup:"));
@@ -87,6 +111,9 @@ fn installed(package: &str) -> bool {
 
 /// `apt-get install -y` the packages that `dpkg -s` does not know, after one `apt-get update`.
 /// Without root, print the commands instead (and fail, as nothing was installed).
+///
+/// apt's and dpkg's output is captured: a progress line follows apt's machine-readable
+/// status (`-o APT::Status-Fd=1`), and the output's last lines are shown if it fails.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     if proc::which("apt-get").is_none() || proc::which("dpkg").is_none() {
         step(&format!(
@@ -112,21 +139,88 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         );
         bail!("system packages missing: {}", missing.join(" "));
     }
-    step("apt-get update");
-    if !proc::run_visible(Command::new("apt-get").args(["update"]))? {
-        bail!("apt-get update failed");
+    step("apt-get update (a few seconds)");
+    let progress = LongStep::spinner("setup:", "apt-get update");
+    let ran = spinner::run(apt_get(&["update"]), &progress, |progress, line| {
+        progress.say(line)
+    })?;
+    progress.finish(ran.success);
+    if !ran.success {
+        ran.print_tail();
+        bail!("apt-get update failed (see its last lines above)");
     }
-    step(&format!("apt-get install -y {}", missing.join(" ")));
-    let ok = proc::run_visible(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if !ok {
+    let estimate = if missing.iter().any(|p| p.starts_with("llvm")) {
+        "LLVM is large: about 2 minutes, most of it downloading"
+    } else {
+        "under a minute"
+    };
+    step(&format!(
+        "apt-get install -y {} ({estimate})",
+        missing.join(" ")
+    ));
+    let progress = LongStep::counted("setup:", "apt-get install", 100, "%");
+    let mut install = apt_get(&["install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
+    let ran = spinner::run(install, &progress, |progress, line| {
+        if let Some(status) = spinner::apt_status(line) {
+            // Downloading fills the first half of the bar, unpacking and configuring the rest.
+            let (half, phase) = if status.downloading {
+                (0.0, "downloading")
+            } else {
+                (50.0, "installing")
+            };
+            progress.set_position((half + status.percent / 2.0) as u64);
+            progress.say(&format!("{phase}: {}", status.text));
+        }
+    })?;
+    progress.finish(ran.success);
+    if !ran.success {
+        ran.print_tail();
         bail!("apt-get install failed for some of: {}", missing.join(" "));
     }
     Ok(())
+}
+
+/// `apt-get <args>`, non-interactive, with its machine-readable status on stdout.
+fn apt_get(args: &[&str]) -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["-o", "APT::Status-Fd=1"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// `rustup …` as one step with a spinner; the output's last lines if it fails.
+fn rustup(args: &[&str], label: &str) -> Result<bool> {
+    let progress = LongStep::spinner("setup:", label);
+    let mut cmd = Command::new("rustup");
+    cmd.args(args);
+    let ran = spinner::run(cmd, &progress, |progress, line| progress.say(line))?;
+    progress.finish(ran.success);
+    if !ran.success {
+        ran.print_tail();
+    }
+    Ok(ran.success)
+}
+
+/// `cargo install …` with a progress bar over the crates it compiles (`expected`: the
+/// count measured once; see [`BPF_LINKER_CRATES`]). Ok(true) if it installed.
+pub fn cargo_install(cmd: Command, label: &str, expected: u64) -> Result<bool> {
+    let progress = LongStep::counted("setup:", label, expected, "crates");
+    progress.say("resolving and downloading crates");
+    let ran = spinner::run(cmd, &progress, |progress, line| {
+        if let Some(krate) = spinner::compiling(line) {
+            progress.advance();
+            progress.say(&krate);
+        } else if line.trim_start().starts_with("Installing") {
+            progress.say(line.trim());
+        }
+    })?;
+    progress.finish(ran.success);
+    if !ran.success {
+        ran.print_tail();
+    }
+    Ok(ran.success)
 }
 
 fn nightly() -> Result<()> {
@@ -134,29 +228,15 @@ fn nightly() -> Result<()> {
         bail!("rustup is not installed: see https://rustup.rs, then run setup again");
     };
     if toolchains.lines().any(|l| l.starts_with("nightly")) {
-        step("rustup component add rust-src --toolchain nightly");
-        let ok = proc::run_visible(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-        if !ok {
+        step("rustup component add rust-src --toolchain nightly (seconds if it is there already)");
+        let args = ["component", "add", "rust-src", "--toolchain", "nightly"];
+        if !rustup(&args, "rust-src for nightly")? {
             bail!("rustup could not add rust-src to nightly");
         }
     } else {
-        step("rustup toolchain install nightly --component rust-src --profile minimal");
-        let ok = proc::run_visible(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--component",
-            "rust-src",
-            "--profile",
-            "minimal",
-        ]))?;
-        if !ok {
+        step(&format!("{NIGHTLY_INSTALL} (about 1 minute)"));
+        let args = NIGHTLY_INSTALL.split(' ').skip(1).collect::<Vec<_>>();
+        if !rustup(&args, "nightly toolchain")? {
             bail!("rustup could not install the nightly toolchain");
         }
     }
@@ -165,14 +245,18 @@ fn nightly() -> Result<()> {
 
 /// Can this machine build the course's eBPF programs (nightly with rust-src, bpf-linker)?
 pub fn ebpf_toolchain_ready() -> bool {
-    let nightly_src = Command::new("rustup")
+    nightly_has_rust_src() && proc::which("bpf-linker").is_some()
+}
+
+/// Is there a nightly toolchain with the standard library's source (for `-Z build-std`)?
+fn nightly_has_rust_src() -> bool {
+    Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-        .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library").is_dir());
-    nightly_src && proc::which("bpf-linker").is_some()
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib/src/rust/library").is_dir())
 }
 
 fn bpf_linker() -> Result<()> {
@@ -180,24 +264,66 @@ fn bpf_linker() -> Result<()> {
         step("bpf-linker already installed");
         return Ok(());
     }
-    step("cargo install bpf-linker --locked --no-default-features --features llvm-22");
-    let ok = proc::run_visible(
-        proc::cargo()
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"),
-    )?;
-    if !ok {
+    step(&format!("{BPF_LINKER_INSTALL} ({BPF_LINKER_ESTIMATE})"));
+    let mut cmd = proc::cargo();
+    cmd.args(BPF_LINKER_INSTALL.split(' ').skip(1))
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    if !cargo_install(cmd, "cargo install bpf-linker", BPF_LINKER_CRATES)? {
         bail!("cargo install bpf-linker failed (it needs llvm-22-dev and libpolly-22-dev)");
     }
     Ok(())
+}
+
+/// What the hop table's eBPF tracer needs to be built: LLVM for bpf-linker, nightly
+/// with rust-src, bpf-linker. Installs what is missing (system packages need root).
+pub fn install_ebpf_toolchain() -> Result<()> {
+    apt_install(TRACER_PACKAGES)?;
+    nightly()?;
+    bpf_linker()
+}
+
+/// The commands that install the eBPF toolchain, for someone who is not root.
+pub fn ebpf_toolchain_commands() -> Vec<String> {
+    vec![
+        format!("sudo apt-get install -y {}", TRACER_PACKAGES.join(" ")),
+        NIGHTLY_INSTALL.to_string(),
+        format!("LLVM_PREFIX={LLVM_PREFIX} LLVM_SYS_221_PREFIX={LLVM_PREFIX} {BPF_LINKER_INSTALL}"),
+    ]
+}
+
+/// What repro says before it installs the eBPF toolchain: the missing parts, each
+/// with about how long it takes.
+pub fn ebpf_toolchain_plan() -> Vec<String> {
+    let mut plan = Vec::new();
+    let missing: Vec<&str> = TRACER_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        plan.push(format!(
+            "Debian's LLVM 22, for bpf-linker to link against: apt-get install {} \
+             (about 2 minutes, 150 MB to download)",
+            missing.join(" ")
+        ));
+    }
+    if !nightly_has_rust_src() {
+        plan.push(
+            "nightly Rust with the standard library's source, to build for the BPF target: \
+             rustup (about 1 minute)"
+                .to_string(),
+        );
+    }
+    if proc::which("bpf-linker").is_none() {
+        plan.push(format!(
+            "bpf-linker, the linker of BPF programs: cargo install ({BPF_LINKER_ESTIMATE})"
+        ));
+    }
+    plan.push(
+        "then the first build of the course's eBPF tracer (2 to 6 minutes, once)".to_string(),
+    );
+    plan
 }
 
 fn mdbook() -> Result<()> {
@@ -206,16 +332,11 @@ fn mdbook() -> Result<()> {
         return Ok(());
     }
     step(&format!(
-        "cargo install mdbook --locked --version {MDBOOK_VERSION}"
+        "cargo install mdbook --locked --version {MDBOOK_VERSION} ({MDBOOK_ESTIMATE})"
     ));
-    let ok = proc::run_visible(proc::cargo().args([
-        "install",
-        "mdbook",
-        "--locked",
-        "--version",
-        MDBOOK_VERSION,
-    ]))?;
-    if !ok {
+    let mut cmd = proc::cargo();
+    cmd.args(["install", "mdbook", "--locked", "--version", MDBOOK_VERSION]);
+    if !cargo_install(cmd, "cargo install mdbook", MDBOOK_CRATES)? {
         bail!("cargo install mdbook failed");
     }
     Ok(())
@@ -388,4 +509,25 @@ pub fn ensure_basics(root: &Path) -> Result<bool> {
         }
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_root_the_ebpf_toolchain_commands_are_complete_and_only_apt_uses_sudo() {
+        let commands = ebpf_toolchain_commands();
+        for package in TRACER_PACKAGES {
+            assert!(commands[0].contains(package), "{commands:?}");
+        }
+        assert!(commands[1].starts_with("rustup toolchain install nightly"));
+        assert!(commands[2].contains("LLVM_PREFIX=/usr/lib/llvm-22"));
+        assert!(commands[2].contains("cargo install bpf-linker"));
+        let with_sudo = commands.iter().filter(|c| c.contains("sudo")).count();
+        assert_eq!(
+            with_sudo, 1,
+            "rustup and cargo install run as the user: {commands:?}"
+        );
+    }
 }
