@@ -176,12 +176,9 @@ fn read_conntrack_via_setns(ns_path: &std::path::Path) -> Result<String> {
     let ns =
         fs::File::open(ns_path).with_context(|| format!("cannot open {}", ns_path.display()))?;
     std::thread::spawn(move || -> Result<String> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on a namespace fd; it only changes this helper thread's namespace, and
-        // the thread ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
+        use nix::sched::{setns, CloneFlags};
+        // Only this helper thread moves into the namespace, and it ends right after.
+        setns(&ns, CloneFlags::CLONE_NEWNET).context("setns")?;
         fs::read_to_string("/proc/thread-self/net/nf_conntrack")
             .context("the namespace has no readable nf_conntrack")
     })
