@@ -15,8 +15,8 @@ mod bench;
 mod capture;
 mod exec;
 mod repro;
-mod repro_fix;
 mod repro_capture;
+mod repro_fix;
 mod style;
 mod up;
 

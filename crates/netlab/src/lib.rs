@@ -60,8 +60,7 @@ pub fn require_sandbox() -> &'static sandbox::Sandbox {
 /// Skip the check unless the process is real root (eBPF needs it). `what` is plural:
 /// "the eBPF checks" (they need root).
 pub fn require_root(what: &str) {
-    // SAFETY: no arguments.
-    if unsafe { libc::geteuid() } != 0 || require_sandbox().user_namespace {
+    if !nix::unistd::geteuid().is_root() || require_sandbox().user_namespace {
         skip!("{what} need root: run `cargo xtask check <exercise> --sudo` (it builds as you, then runs only the built checks with sudo -E; never `sudo cargo`)");
     }
 }

@@ -19,13 +19,18 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::Signal;
 
 /// An anonymous network namespace. Dropping the last reference destroys it.
 #[derive(Debug)]
 pub struct Netns {
-    fd: OwnedFd,
+    /// Shared with the [`Command`]s made by [`Netns::command`], which need it in the child.
+    fd: Arc<OwnedFd>,
     inode: u64,
 }
 
@@ -35,13 +40,10 @@ impl Netns {
         // unshare() moves the *calling thread* into the new namespace; use a throwaway
         // thread so the caller stays where it is.
         std::thread::spawn(|| -> Result<Netns> {
-            // SAFETY: unshare takes flags only.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error()).context(
-                    "cannot create a network namespace (needs root, or a user namespace: \
+            unshare(CloneFlags::CLONE_NEWNET).context(
+                "cannot create a network namespace (needs root, or a user namespace: \
                      is `netlab::sandbox!();` at the top of this program?)",
-                );
-            }
+            )?;
             Netns::open("/proc/thread-self/ns/net")
         })
         .join()
@@ -53,7 +55,7 @@ impl Netns {
         let file = File::open(path).with_context(|| format!("cannot open namespace {path}"))?;
         let inode = file.metadata()?.ino();
         Ok(Netns {
-            fd: file.into(),
+            fd: Arc::new(file.into()),
             inode,
         })
     }
@@ -112,11 +114,7 @@ impl Netns {
 
     /// Move the calling thread into this namespace (for threads the caller owns).
     pub fn enter_current_thread(&self) -> io::Result<()> {
-        // SAFETY: setns on a descriptor we own.
-        if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(setns(&self.fd, CloneFlags::CLONE_NEWNET)?)
     }
 
     /// A [`Command`] that runs inside this namespace. The child is killed (SIGKILL) when
@@ -124,16 +122,17 @@ impl Netns {
     /// long-lived programs from a thread that lives as long as the lab.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(crate::programs::find(program));
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: the closure only makes async-signal-safe syscalls.
+        // The command holds the namespace too: it stays alive until the child has joined it.
+        let namespace = Arc::clone(&self.fd);
+        // SAFETY: `pre_exec` runs the closure in the child, between fork and exec. There only
+        // async-signal-safe work is sound: the other threads of the parent did not follow
+        // into the child, and locks they held (the allocator's, stdout's) stay locked forever.
+        // The closure makes two system calls and nothing else: no allocation, no lock.
+        // There is no safe API for "run this in the child before exec".
         unsafe {
             command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                setns(&namespace, CloneFlags::CLONE_NEWNET)?;
+                set_pdeathsig(Signal::SIGKILL)?;
                 Ok(())
             });
         }

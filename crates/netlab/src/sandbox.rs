@@ -18,6 +18,9 @@ use std::fs;
 use std::io;
 use std::sync::OnceLock;
 
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{getegid, geteuid};
+
 /// What [`enter`] achieved, recorded once per process.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -54,19 +57,15 @@ pub fn current() -> Result<&'static Sandbox, String> {
 
 fn try_enter() -> Result<Sandbox, String> {
     let original_netns = netns_inode_of("/proc/self/ns/net").map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls without memory arguments.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let real_root = uid == 0;
+    let (uid, gid) = (geteuid(), getegid());
+    let real_root = uid.is_root();
 
     let mut user_namespace = false;
     // As root, a new network namespace is enough. Root without CAP_SYS_ADMIN (some
     // containers) falls through to the user-namespace path like everybody else.
-    // SAFETY: unshare takes flags only.
-    if !(real_root && unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0) {
-        // SAFETY: as above.
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
-            return Err(explain_userns_failure(io::Error::last_os_error()));
-        }
+    if !(real_root && unshare(CloneFlags::CLONE_NEWNET).is_ok()) {
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+            .map_err(|errno| explain_userns_failure(errno.into()))?;
         user_namespace = true;
         // Map ourselves to root inside the new user namespace, like `unshare --map-root-user`.
         fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
@@ -119,8 +118,13 @@ pub fn netns_inode_of(path: &str) -> io::Result<u64> {
 #[macro_export]
 macro_rules! sandbox {
     () => {
+        // SAFETY: the dynamic loader calls every function in `.init_array` before `main`,
+        // with no arguments, on the only thread. That is sound here because `enter` needs
+        // nothing that `main` sets up: it makes system calls, writes three `/proc` files
+        // and fills a `OnceLock`, and it reports failures through `current()` instead of
+        // panicking (a panic cannot unwind out of an `extern "C" fn`: it would abort).
         #[used]
-        #[link_section = ".init_array"]
+        #[unsafe(link_section = ".init_array")]
         static __NETLAB_ENTER_SANDBOX: extern "C" fn() = {
             extern "C" fn enter_sandbox() {
                 $crate::sandbox::enter();

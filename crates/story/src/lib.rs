@@ -19,7 +19,7 @@ pub mod timestamps;
 
 use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use netlab::World;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::unistd::{dup2_raw, pipe2};
 
 mod homework;
 pub mod proc_net;
@@ -180,7 +182,7 @@ impl Story {
     /// Start Docker 20.10's own `docker-proxy` in `host`, as dockerd would, and wait
     /// until it says it is ready (it writes `0` to its descriptor 3).
     pub fn start_docker_proxy(&mut self, program: &std::path::Path) -> Result<u32> {
-        let (ready_read, ready_write) = pipe()?;
+        let (ready_read, ready_write) = pipe2(OFlag::O_CLOEXEC)?;
         let mut command = self.world.node("host")?.command(&program.to_string_lossy());
         command.args([
             "-proto",
@@ -194,18 +196,28 @@ impl Story {
             "-container-port",
             "4000",
         ]);
-        let write_fd = ready_write.as_raw_fd();
-        // SAFETY: dup2 is async-signal-safe.
+        // docker-proxy reports on descriptor 3: put the pipe's write end there in the child.
+        // (std's `Command` can redirect stdin/stdout/stderr only, hence `pre_exec`.)
+        const READY_FD: i32 = 3;
+        // SAFETY: `pre_exec` runs the closure in the child between fork and exec, where only
+        // async-signal-safe calls are sound (no allocation, no lock): dup2 and fcntl are single
+        // system calls. `dup2_raw` is unsafe because it closes whatever descriptor 3 was; in
+        // the child nothing else will use it before exec replaces the program.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(write_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                if ready_write.as_raw_fd() == READY_FD {
+                    // Already descriptor 3: only let it survive exec.
+                    fcntl(&ready_write, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                } else {
+                    // The copy must stay open through exec: never close it here.
+                    std::mem::forget(dup2_raw(&ready_write, READY_FD)?);
                 }
                 Ok(())
             });
         }
+        // `start` drops the command once the child runs, and with it our copy of the write
+        // end: the reader below then sees end-of-file as soon as docker-proxy closes its own.
         let pid = self.world.start("host", command)?;
-        drop(ready_write);
         let mut status = String::new();
         let reader = std::thread::spawn(move || {
             use std::io::Read;
@@ -262,14 +274,4 @@ pub fn docker_proxy_28_path() -> Option<PathBuf> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.course/tools/docker-proxy-28");
     path.is_file().then_some(path)
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: freshly created, owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

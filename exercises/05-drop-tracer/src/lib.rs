@@ -38,7 +38,7 @@ pub const PROGRAM: &str = "kfree_skb";
 /// prefix: `NO_SOCKET` for `SKB_DROP_REASON_NO_SOCKET`. A value the enum does not have is
 /// `UNKNOWN(<value>)`; a kernel without `enum skb_drop_reason` (before 5.17) is an error.
 pub fn reason_name(btf: &Btf, value: u32) -> Result<String> {
-    // TODO: read the enumerators of `enum skb_drop_reason` with `btf.enum_values(..)` — a slice of
+    // TODO: read the enumerators of `enum skb_drop_reason` with `btf.enum_values(..)` — a list of
     // (name, value) pairs, as `bpftool btf dump file /sys/kernel/btf/vmlinux` lists them — and
     // find the one whose value is `value` (look it up: never index by position). Strip the
     // `SKB_DROP_REASON_` prefix when there is one; `UNKNOWN(<value>)` when nothing matches.

@@ -41,6 +41,8 @@ use tracer_common::{
 /// It lives in `.rodata`, which the kernel freezes: the verifier then knows every value in it as a
 /// constant and drops the branches that can never run (e.g. reading a 4th argument of a
 /// tracepoint that has only one).
+// SAFETY: `no_mangle` keeps the symbol name `CONFIG`, by which aya finds the global; no other
+// symbol of the object has that name.
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::ZERO;
 
@@ -61,6 +63,8 @@ static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 /// sees in the object file: the real values are only known when the program is loaded.
 macro_rules! config {
     ($($field:tt)+) => {
+        // SAFETY: a read of an aligned field of a static that nothing writes (the kernel froze
+        // it before the program could run).
         unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field)+) }
     };
 }
@@ -76,6 +80,9 @@ fn arg(ctx: &BtfTracePointContext, n: u8) -> u64 {
     use aya_ebpf::EbpfContext as _;
     let p = ctx.as_ptr();
     let v: u64;
+    // SAFETY: each arm reads one of the first six 8-byte arguments that the kernel passes a
+    // `tp_btf` program; userspace never asks for a 7th (`btf::skb_tracepoint` refuses it), and the
+    // verifier checks every offset against the tracepoint's prototype before the program runs.
     unsafe {
         match n {
             0 => {
@@ -126,6 +133,8 @@ fn read<T: Default>(base: u64, off: u32) -> T {
     if base == 0 {
         return T::default();
     }
+    // SAFETY: the helper copies through the kernel's fault handling: an unreadable address is an
+    // error (then `T::default()`), never a crash.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
 }
 
@@ -256,6 +265,8 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     ev.reason = reason;
     ev.slot = slot as u16;
     // --track-skb: an skb we already followed is reported even if NAT changed its tuple since.
+    // SAFETY: `get` is unsafe because another CPU may change the value behind the reference; we
+    // only look at whether the key is there.
     let tracked = track && unsafe { TRACKED.get(skb) }.is_some();
 
     // Filter as early as possible: namespace and interface first (cheap), then the tuple.
@@ -282,10 +293,14 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
         ev.location = arg(ctx, location_arg);
     }
     ev.skb = skb;
+    // SAFETY: helpers without arguments (every raw helper binding is `unsafe`).
     ev.mono_ns = unsafe { bpf_ktime_get_ns() };
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
     if EVENTS.output::<Event>(&*ev, 0).is_err() {
         if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
+            // SAFETY: this CPU's own slot of a per-CPU array, valid while the program runs. (A
+            // program nested on this CPU by an interrupt could lose one increment: a count, not
+            // memory.)
             unsafe { *lost += 1 };
         }
     }
@@ -294,11 +309,15 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
 
 /// Zeroes an [`Event`] with 8-byte stores (volatile, so the compiler keeps them as stores
 /// instead of turning them into a byte-by-byte `memset` loop).
+///
+/// # Safety
+/// `ev` must be valid for writes of one `Event` and 8-byte aligned (as `MaybeUninit<Event>` is).
 #[inline(always)]
 unsafe fn zero(ev: *mut Event) {
     const WORDS: usize = core::mem::size_of::<Event>() / 8;
     const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
     let p = ev as *mut u64;
+    // SAFETY (of each store): word `$i < WORDS` of the `Event` the caller vouches for.
     macro_rules! z {
         ($($i:literal)*) => { $( if $i < WORDS { unsafe { core::ptr::write_volatile(p.add($i), 0) } } )* };
     }
@@ -327,6 +346,8 @@ fn read_details(skb: u64, ev: &mut Event) {
     let dev: u64 = field(skb, config!(offsets.skb_dev));
     if dev != 0 {
         let name = dev + config!(offsets.dev_name) as u64;
+        // SAFETY: as in `read`: a faulting address is an error, and at most `ifname.len()` bytes
+        // are written.
         let _ = unsafe { bpf_probe_read_kernel_buf(name as *const u8, &mut ev.ifname) };
     }
     ev.len = field(skb, config!(offsets.skb_len));
@@ -366,6 +387,7 @@ fn read_tuple(skb: u64, ev: &mut Event) {
     let ip = head + nh;
     // The first 40 bytes from the IP header, as five little-endian words: all of an IPv6 header,
     // or an IPv4 header (20 bytes, more with options) and what follows. One helper call.
+    // SAFETY: as in `read`: a faulting address is an error.
     let Ok(w) = (unsafe { bpf_probe_read_kernel(ip as *const [u64; 5]) }) else {
         return;
     };
@@ -470,6 +492,8 @@ fn matches_tuple(ev: &Event) -> bool {
 /// Compares an event address with a filter address (in `CONFIG`) as two 8-byte words.
 #[inline(always)]
 fn addr_eq(ev: &Event, got: &[u8; 16], want: &'static Addr) -> bool {
+    // SAFETY: a read through a valid reference; volatile only so that the compiler does not
+    // use the zeroes it sees in the object file (see `config!`).
     let family = unsafe { core::ptr::read_volatile(&want.family) };
     // SAFETY: `bytes` is at offset 4 of `Addr`: read it as four volatile u32 words.
     let w = want.bytes.as_ptr() as *const u32;
@@ -493,6 +517,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 /// GPL-compatible: `bpf_probe_read_kernel` and the ring buffer helpers are GPL-only.
+// SAFETY: the kernel reads the license from the section named `license`; nothing else is put there.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

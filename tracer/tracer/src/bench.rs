@@ -22,6 +22,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tracer_common::Filter;
 
 use crate::btf;
@@ -40,9 +43,9 @@ impl Netns {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let (info_tx, info_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
-            // SAFETY: changes only this thread's network namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                let _ = info_tx.send(Err(std::io::Error::last_os_error().to_string()));
+            // Changes only this thread's network namespace.
+            if let Err(errno) = unshare(CloneFlags::CLONE_NEWNET) {
+                let _ = info_tx.send(Err(format!("unshare(CLONE_NEWNET): {errno}")));
                 return;
             }
             let up = Command::new("ip")
@@ -215,8 +218,8 @@ fn bpftrace(ns: &Netns, time: Duration) -> Result<Option<(Duration, f64)>> {
     } else {
         None
     };
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Our own child, not yet waited for: its pid cannot have been reused.
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
     let _ = child.wait();
     let _ = reader.join();
     Ok(rate.map(|r| (attach, r)))

@@ -1,8 +1,8 @@
-//! A small reader for BTF, the BPF Type Format, and the three questions the tracer asks it.
+//! What the tracer asks BTF, the BPF Type Format, and how.
 //!
 //! The kernel describes its own types in `/sys/kernel/btf/vmlinux`: every struct with its members
 //! and their offsets, every enum with its values, every function prototype. That is what makes a
-//! tracer portable without compiling against kernel headers:
+//! tracer portable without compiling against kernel headers. The tracer asks three questions:
 //! - [`Offsets`]: where `sk_buff.head`, `net_device.ifindex`, … are in THIS kernel
 //!   ([`skb_offsets`]). aya has no CO-RE for Rust programs, so we pass them as load-time globals.
 //! - [`drop_reasons`]: the names of `enum skb_drop_reason` — they change between kernel versions,
@@ -10,107 +10,33 @@
 //! - [`skb_tracepoints`]: every tracepoint with a `struct sk_buff *` argument, found from the
 //!   typedefs `btf_trace_<name>` that the kernel emits for each tracepoint.
 //!
-//! The format (see the kernel's Documentation/bpf/btf.rst): a header, then a list of types, then a
-//! string table. Type ids count from 1 in list order (0 is `void`). Each type is 12 bytes —
-//! `name_off`, `info` (kind in bits 24..28, `vlen` = number of members in bits 0..15, `kind_flag`
-//! in bit 31) and `size` or `type` — followed by `vlen` kind-specific records.
+//! Reading the format itself is the job of the [`btfparse`] crate: a header, then a list of
+//! types, then a string table (the kernel's Documentation/bpf/btf.rst). Type ids count from 1 in
+//! list order; 0 is `void`. Each type is 12 bytes — `name_off`, `info` (kind in bits 24..28,
+//! `vlen` = number of members in bits 0..15, `kind_flag` in bit 31) and `size` or `type` —
+//! followed by `vlen` kind-specific records (the tests below build a blob by hand). [`Btf`]
+//! wraps btfparse's [`TypeInformation`] with the few questions the course asks;
+//! [`Btf::types`] gives the whole of it to anyone who wants to explore further.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use btfparse::{Integer32Value, Integer64Value, Offset, TypeInformation, TypeVariant};
 use tracer_common::{Offsets, Slot, NO_ARG, SLOT_FREES_SKB};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-const BTF_MAGIC: u16 = 0xeb9f;
-
-/// The kinds of BTF types (`BTF_KIND_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Kind {
-    Void = 0,
-    Int = 1,
-    Ptr = 2,
-    Array = 3,
-    Struct = 4,
-    Union = 5,
-    Enum = 6,
-    Fwd = 7,
-    Typedef = 8,
-    Volatile = 9,
-    Const = 10,
-    Restrict = 11,
-    Func = 12,
-    FuncProto = 13,
-    Var = 14,
-    Datasec = 15,
-    Float = 16,
-    DeclTag = 17,
-    TypeTag = 18,
-    Enum64 = 19,
-}
-
-impl Kind {
-    fn from_u32(k: u32) -> Result<Kind> {
-        use Kind::*;
-        Ok(match k {
-            0 => Void,
-            1 => Int,
-            2 => Ptr,
-            3 => Array,
-            4 => Struct,
-            5 => Union,
-            6 => Enum,
-            7 => Fwd,
-            8 => Typedef,
-            9 => Volatile,
-            10 => Const,
-            11 => Restrict,
-            12 => Func,
-            13 => FuncProto,
-            14 => Var,
-            15 => Datasec,
-            16 => Float,
-            17 => DeclTag,
-            18 => TypeTag,
-            19 => Enum64,
-            other => bail!("unknown BTF kind {other} (a BTF newer than this reader?)"),
-        })
-    }
-}
-
-/// A struct/union member or a function parameter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub type_id: u32,
-    /// Offset in BITS from the start of the struct (0 for function parameters).
-    pub bit_offset: u32,
-}
-
-/// One BTF type, decoded just enough for the tracer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Type {
-    pub kind: Kind,
-    pub name: String,
-    /// `size` for int/struct/union/enum, `type` (the referenced id) for ptr/typedef/const/….
-    pub size_or_type: u32,
-    /// Members (struct/union) or parameters (func_proto). Empty otherwise.
-    pub members: Vec<Member>,
-    /// Enumerators (enum/enum64).
-    pub values: Vec<(String, i64)>,
-    /// Element type and count (array).
-    pub array: Option<(u32, u32)>,
-}
-
-/// A parsed BTF blob: types indexed by id, plus a name index.
-#[derive(Debug)]
+/// The kernel's types, parsed by btfparse.
 pub struct Btf {
-    /// `types[id]`; `types[0]` is `void`.
-    types: Vec<Type>,
-    by_name: HashMap<(Kind, String), u32>,
+    types: TypeInformation,
+}
+
+impl std::fmt::Debug for Btf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Btf {{ {} types }}", self.types.get().len())
+    }
 }
 
 /// A member's location inside a struct.
@@ -122,19 +48,48 @@ pub struct Field {
     pub size: u32,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16> {
-    let s = b
-        .get(at..at + 2)
-        .ok_or_else(|| anyhow!("BTF truncated at byte {at}"))?;
-    Ok(u16::from_le_bytes([s[0], s[1]]))
+/// btfparse reads through this trait (it could read a file piece by piece); we hand it the
+/// whole blob, already in memory: one `read` of the file instead of one system call per type.
+struct InMemory<'a>(&'a [u8]);
+
+impl btfparse::Readable for InMemory<'_> {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let piece = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.0.get(start..start.checked_add(buffer.len())?));
+        match piece {
+            Some(piece) => {
+                buffer.copy_from_slice(piece);
+                Ok(())
+            }
+            None => Err(btfparse::Error::new(
+                btfparse::ErrorKind::EOF,
+                &format!("BTF truncated: {} bytes at offset {offset}", buffer.len()),
+            )),
+        }
+    }
 }
 
-fn u32_at(b: &[u8], at: usize) -> Result<u32> {
-    let s = b
-        .get(at..at + 4)
-        .ok_or_else(|| anyhow!("BTF truncated at byte {at}"))?;
-    Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+/// btfparse's errors have a kind and a message, but no `Display`: say both.
+fn btf_error(e: btfparse::Error) -> anyhow::Error {
+    anyhow!("{} ({:?})", e.message(), e.kind())
 }
+
+/// The name of a type that has one (without copying it, unlike btfparse's `name_of`).
+fn name_of(t: &TypeVariant) -> Option<&str> {
+    match t {
+        TypeVariant::Struct(t) => t.name().as_deref(),
+        TypeVariant::Union(t) => t.name().as_deref(),
+        TypeVariant::Enum(t) => t.name().as_deref(),
+        TypeVariant::Enum64(t) => t.name().as_deref(),
+        TypeVariant::Typedef(t) => t.name().as_deref(),
+        TypeVariant::Fwd(t) => t.name().as_deref(),
+        _ => None, // the kinds this module never looks up by name
+    }
+}
+
+/// `void`, the type with id 0, which btfparse does not store.
+static VOID: TypeVariant = TypeVariant::Void;
 
 impl Btf {
     /// Reads and parses a BTF file, e.g. [`VMLINUX_BTF`].
@@ -152,175 +107,53 @@ impl Btf {
 
     /// Parses a little-endian BTF blob (the header, types and strings of `.BTF`).
     pub fn parse(bytes: &[u8]) -> Result<Btf> {
-        let magic = u16_at(bytes, 0)?;
-        if magic != BTF_MAGIC {
-            bail!("not BTF: magic {magic:#06x}, expected {BTF_MAGIC:#06x} (big-endian BTF is not supported)");
-        }
-        let hdr_len = u32_at(bytes, 4)? as usize;
-        let type_off = u32_at(bytes, 8)? as usize;
-        let type_len = u32_at(bytes, 12)? as usize;
-        let str_off = u32_at(bytes, 16)? as usize;
-        let str_len = u32_at(bytes, 20)? as usize;
-        let types_bytes = bytes
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or_else(|| anyhow!("BTF type section out of bounds"))?;
-        let strings = bytes
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| anyhow!("BTF string section out of bounds"))?;
-        let string = |off: u32| -> Result<String> {
-            let s = strings
-                .get(off as usize..)
-                .ok_or_else(|| anyhow!("BTF string offset {off} out of bounds"))?;
-            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-            Ok(String::from_utf8_lossy(&s[..end]).into_owned())
-        };
+        let types = TypeInformation::new(&InMemory(bytes)).map_err(btf_error)?;
+        Ok(Btf { types })
+    }
 
-        let void = Type {
-            kind: Kind::Void,
-            name: String::new(),
-            size_or_type: 0,
-            members: vec![],
-            values: vec![],
-            array: None,
-        };
-        let mut types = vec![void];
-        let mut at = 0;
-        while at < types_bytes.len() {
-            let name_off = u32_at(types_bytes, at)?;
-            let info = u32_at(types_bytes, at + 4)?;
-            let size_or_type = u32_at(types_bytes, at + 8)?;
-            at += 12;
-            let kind = Kind::from_u32((info >> 24) & 0x1f)?;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let mut t = Type {
-                kind,
-                name: string(name_off)?,
-                size_or_type,
-                members: vec![],
-                values: vec![],
-                array: None,
-            };
-            match kind {
-                Kind::Int | Kind::Var | Kind::DeclTag => at += 4,
-                Kind::Array => {
-                    t.array = Some((u32_at(types_bytes, at)?, u32_at(types_bytes, at + 8)?));
-                    at += 12;
-                }
-                Kind::Struct | Kind::Union => {
-                    for _ in 0..vlen {
-                        let offset = u32_at(types_bytes, at + 8)?;
-                        t.members.push(Member {
-                            name: string(u32_at(types_bytes, at)?)?,
-                            type_id: u32_at(types_bytes, at + 4)?,
-                            // With kind_flag, the top 8 bits hold a bitfield's size.
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                        at += 12;
-                    }
-                }
-                Kind::Enum => {
-                    for _ in 0..vlen {
-                        let name = string(u32_at(types_bytes, at)?)?;
-                        let raw = u32_at(types_bytes, at + 4)?;
-                        // kind_flag set = signed enum.
-                        let v = if kind_flag {
-                            raw as i32 as i64
-                        } else {
-                            raw as i64
-                        };
-                        t.values.push((name, v));
-                        at += 8;
-                    }
-                }
-                Kind::Enum64 => {
-                    for _ in 0..vlen {
-                        let name = string(u32_at(types_bytes, at)?)?;
-                        let lo = u32_at(types_bytes, at + 4)? as u64;
-                        let hi = u32_at(types_bytes, at + 8)? as u64;
-                        t.values.push((name, ((hi << 32) | lo) as i64));
-                        at += 12;
-                    }
-                }
-                Kind::FuncProto => {
-                    for _ in 0..vlen {
-                        t.members.push(Member {
-                            name: string(u32_at(types_bytes, at)?)?,
-                            type_id: u32_at(types_bytes, at + 4)?,
-                            bit_offset: 0,
-                        });
-                        at += 8;
-                    }
-                }
-                Kind::Datasec => at += 12 * vlen,
-                _ => {}
-            }
-            types.push(t);
+    /// Everything btfparse knows: every type by id, names, sizes, `offset_of`.
+    pub fn types(&self) -> &TypeInformation {
+        &self.types
+    }
+
+    /// The type with this id, borrowed (btfparse's own `from_id` returns a copy).
+    fn get(&self, id: u32) -> Option<&TypeVariant> {
+        match id {
+            0 => Some(&VOID),
+            _ => self.types.get().get(&id),
         }
-        let mut by_name = HashMap::new();
-        for (id, t) in types.iter().enumerate() {
-            if !t.name.is_empty() {
-                by_name.entry((t.kind, t.name.clone())).or_insert(id as u32);
+    }
+
+    /// The id of the type named `name` for which `kind` is true (`struct sk_buff`, not a
+    /// function or variable that happens to be called `sk_buff` too). btfparse indexes one type
+    /// per name, so when that one is of another kind, look through all of them.
+    fn find(&self, name: &str, kind: impl Fn(&TypeVariant) -> bool) -> Option<u32> {
+        if let Some(id) = self.types.id_of(name) {
+            if self.get(id).is_some_and(&kind) {
+                return Some(id);
             }
         }
-        Ok(Btf { types, by_name })
-    }
-
-    /// Number of type ids, including `void`.
-    pub fn len(&self) -> usize {
-        self.types.len()
-    }
-
-    /// Always false: `void` is always there.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The type with this id.
-    pub fn get(&self, id: u32) -> Result<&Type> {
         self.types
-            .get(id as usize)
-            .ok_or_else(|| anyhow!("BTF type id {id} does not exist"))
-    }
-
-    /// Finds a named type of a given kind, e.g. `(Kind::Struct, "sk_buff")`.
-    pub fn find(&self, kind: Kind, name: &str) -> Option<u32> {
-        self.by_name.get(&(kind, name.to_string())).copied()
+            .get()
+            .iter()
+            .find(|(_, t)| kind(t) && name_of(t) == Some(name))
+            .map(|(id, _)| *id)
     }
 
     /// Follows typedef/const/volatile/restrict/type_tag to the type underneath.
-    pub fn resolve(&self, mut id: u32) -> Result<u32> {
+    fn resolve(&self, mut id: u32) -> Result<u32> {
         for _ in 0..32 {
-            let t = self.get(id)?;
-            match t.kind {
-                Kind::Typedef | Kind::Volatile | Kind::Const | Kind::Restrict | Kind::TypeTag => {
-                    id = t.size_or_type
-                }
-                _ => return Ok(id),
-            }
+            id = match self.get(id) {
+                Some(TypeVariant::Typedef(t)) => *t.tid(),
+                Some(TypeVariant::Const(t)) => *t.tid(),
+                Some(TypeVariant::Volatile(t)) => *t.tid(),
+                Some(TypeVariant::Restrict(t)) => *t.tid(),
+                Some(TypeVariant::TypeTag(t)) => *t.tid(),
+                Some(_) => return Ok(id),
+                None => bail!("BTF type id {id} does not exist"),
+            };
         }
         bail!("BTF type chain too long at id {id}")
-    }
-
-    /// Size in bytes of a type.
-    pub fn size_of(&self, id: u32) -> Result<u32> {
-        let id = self.resolve(id)?;
-        let t = self.get(id)?;
-        Ok(match t.kind {
-            Kind::Int | Kind::Struct | Kind::Union | Kind::Enum | Kind::Enum64 | Kind::Float => {
-                t.size_or_type
-            }
-            Kind::Ptr => 8,
-            Kind::Array => {
-                let (elem, n) = t.array.unwrap_or_default();
-                self.size_of(elem)? * n
-            }
-            other => bail!("type {id} ({other:?}) has no size"),
-        })
     }
 
     /// Offset of `path` (dot-separated, e.g. `"nd_net.net"` or `"ns.inum"`) inside the struct
@@ -328,116 +161,125 @@ impl Btf {
     /// members of the outer struct, as in C (sk_buff's `dev` sits in an anonymous union).
     pub fn field(&self, struct_name: &str, path: &str) -> Result<Field> {
         let id = self
-            .find(Kind::Struct, struct_name)
+            .find(struct_name, |t| matches!(t, TypeVariant::Struct(_)))
             .ok_or_else(|| anyhow!("struct {struct_name} not found in the kernel's BTF"))?;
-        let mut ty = id;
-        let mut offset_bits = 0u32;
-        for part in path.split('.') {
-            let (bits, member_ty) = self.member(ty, part).with_context(|| {
-                format!("struct {struct_name} has no member {path} in this kernel")
-            })?;
-            offset_bits += bits;
-            ty = member_ty;
-        }
-        if !offset_bits.is_multiple_of(8) {
+        let (member, offset) = self
+            .types
+            .offset_of(id, path)
+            .map_err(btf_error)
+            .with_context(|| format!("struct {struct_name} has no member {path} in this kernel"))?;
+        let Offset::ByteOffset(offset) = offset else {
             bail!("{struct_name}.{path} is a bitfield; the tracer reads whole bytes only");
-        }
+        };
+        let size = self
+            .types
+            .size_of(member)
+            .map_err(btf_error)
+            .with_context(|| format!("the size of {struct_name}.{path}"))?;
         Ok(Field {
-            offset: offset_bits / 8,
-            size: self.size_of(ty)?,
+            offset,
+            size: u32::try_from(size)?,
         })
     }
 
-    /// Finds member `name` in struct/union `id` (through typedefs and anonymous members).
-    /// Returns (bit offset, member type id).
-    fn member(&self, id: u32, name: &str) -> Result<(u32, u32)> {
-        let id = self.resolve(id)?;
-        let t = self.get(id)?;
-        if !matches!(t.kind, Kind::Struct | Kind::Union) {
-            bail!("type {} is not a struct or union", t.name);
-        }
-        for m in &t.members {
-            if m.name == name {
-                return Ok((m.bit_offset, m.type_id));
-            }
-        }
-        for m in t.members.iter().filter(|m| m.name.is_empty()) {
-            if let Ok((bits, ty)) = self.member(m.type_id, name) {
-                return Ok((m.bit_offset + bits, ty));
-            }
-        }
-        bail!("no member {name}")
-    }
-
-    /// The enumerators of `enum name` (enum or enum64), in declaration order.
-    pub fn enum_values(&self, name: &str) -> Result<&[(String, i64)]> {
+    /// The enumerators of `enum name` (enum or enum64) as (name, value) pairs, in declaration
+    /// order — what `bpftool btf dump file /sys/kernel/btf/vmlinux` lists.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>> {
         let id = self
-            .find(Kind::Enum, name)
-            .or_else(|| self.find(Kind::Enum64, name))
+            .find(name, |t| {
+                matches!(t, TypeVariant::Enum(_) | TypeVariant::Enum64(_))
+            })
             .ok_or_else(|| anyhow!("enum {name} not found in the kernel's BTF"))?;
-        Ok(&self.get(id)?.values)
+        Ok(match self.get(id) {
+            Some(TypeVariant::Enum(e)) => e
+                .named_value_list()
+                .iter()
+                .map(|v| {
+                    let value = match v.value {
+                        Integer32Value::Signed(v) => i64::from(v),
+                        Integer32Value::Unsigned(v) => i64::from(v),
+                    };
+                    (v.name.clone(), value)
+                })
+                .collect(),
+            Some(TypeVariant::Enum64(e)) => e
+                .named_value_list()
+                .iter()
+                .map(|v| {
+                    let value = match v.value {
+                        Integer64Value::Signed(v) => v,
+                        Integer64Value::Unsigned(v) => v as i64,
+                    };
+                    (v.name.clone(), value)
+                })
+                .collect(),
+            _ => unreachable!("find() returned an enum"),
+        })
     }
 
     /// The parameters of tracepoint `name` as the program sees them: the prototype of the typedef
     /// `btf_trace_<name>` WITHOUT its first parameter (a `void *` for the tracepoint's own use).
     pub fn tracepoint_params(&self, name: &str) -> Result<Vec<u32>> {
         let typedef = self
-            .find(Kind::Typedef, &format!("btf_trace_{name}"))
+            .find(&format!("btf_trace_{name}"), |t| {
+                matches!(t, TypeVariant::Typedef(_))
+            })
             .ok_or_else(|| {
                 anyhow!("tracepoint {name} not found (no typedef btf_trace_{name} in BTF)")
             })?;
-        let ptr = self.resolve(typedef)?;
-        let ptr = self.get(ptr)?;
-        if ptr.kind != Kind::Ptr {
+        let Some(TypeVariant::Ptr(ptr)) = self.get(self.resolve(typedef)?) else {
             bail!("btf_trace_{name} is not a function pointer");
+        };
+        match self.get(self.resolve(*ptr.tid())?) {
+            Some(TypeVariant::FuncProto(proto)) if !proto.parameter_list().is_empty() => Ok(proto
+                .parameter_list()[1..]
+                .iter()
+                .map(|p| p.tid())
+                .collect()),
+            _ => bail!("btf_trace_{name} does not point to a function prototype"),
         }
-        let proto = self.get(self.resolve(ptr.size_or_type)?)?;
-        if proto.kind != Kind::FuncProto || proto.members.is_empty() {
-            bail!("btf_trace_{name} does not point to a function prototype");
-        }
-        Ok(proto.members[1..].iter().map(|m| m.type_id).collect())
     }
 
     /// True if `id` is a pointer to `struct <name>` (through const/typedef/…).
     pub fn is_ptr_to_struct(&self, id: u32, name: &str) -> bool {
-        let Ok(id) = self.resolve(id) else {
+        let Some(pointee) = self.pointee(id) else {
             return false;
         };
-        let Ok(t) = self.get(id) else { return false };
-        if t.kind != Kind::Ptr {
-            return false;
-        }
-        match self.resolve(t.size_or_type).and_then(|p| self.get(p)) {
-            Ok(p) => matches!(p.kind, Kind::Struct | Kind::Fwd) && p.name == name,
-            Err(_) => false,
+        match self.get(pointee) {
+            Some(TypeVariant::Struct(s)) => s.name().as_deref() == Some(name),
+            Some(TypeVariant::Fwd(f)) => f.name().as_deref() == Some(name),
+            _ => false,
         }
     }
 
     /// True if `id` is `void *`.
     fn is_void_ptr(&self, id: u32) -> bool {
-        let Ok(id) = self.resolve(id) else {
-            return false;
-        };
-        match self.get(id) {
-            Ok(t) => t.kind == Kind::Ptr && self.resolve(t.size_or_type).ok() == Some(0),
-            Err(_) => false,
+        self.pointee(id) == Some(0)
+    }
+
+    /// What `id` points to (through const/typedef/… on both sides of the `*`), if a pointer.
+    fn pointee(&self, id: u32) -> Option<u32> {
+        match self.get(self.resolve(id).ok()?)? {
+            TypeVariant::Ptr(ptr) => self.resolve(*ptr.tid()).ok(),
+            _ => None,
         }
     }
 
     /// True if `id` is `enum <name>`.
     fn is_enum(&self, id: u32, name: &str) -> bool {
-        match self.resolve(id).and_then(|id| self.get(id)) {
-            Ok(t) => matches!(t.kind, Kind::Enum | Kind::Enum64) && t.name == name,
-            Err(_) => false,
+        match self.resolve(id).ok().and_then(|id| self.get(id)) {
+            Some(TypeVariant::Enum(e)) => e.name().as_deref() == Some(name),
+            Some(TypeVariant::Enum64(e)) => e.name().as_deref() == Some(name),
+            _ => false,
         }
     }
 
     /// Every typedef `btf_trace_*`, i.e. every tracepoint of this kernel, by name.
     pub fn tracepoint_names(&self) -> impl Iterator<Item = &str> {
-        self.types
-            .iter()
-            .filter(|t| t.kind == Kind::Typedef)
-            .filter_map(|t| t.name.strip_prefix("btf_trace_"))
+        self.types.get().values().filter_map(|t| match t {
+            TypeVariant::Typedef(t) => t.name().as_deref()?.strip_prefix("btf_trace_"),
+            _ => None,
+        })
     }
 }
 
@@ -607,6 +449,8 @@ pub fn kfree_skb_tracepoint(btf: &Btf) -> Result<SkbTracepoint> {
 mod tests {
     use super::*;
 
+    const BTF_MAGIC: u16 = 0xeb9f;
+
     /// Builds a BTF blob by hand: this is the whole format, nothing hidden.
     #[derive(Default)]
     struct Builder {
@@ -722,6 +566,14 @@ mod tests {
         }
         let proto2_ptr = b.ty("", 2, 0, false, proto2);
         b.ty("btf_trace_sched_switch", 8, 0, false, proto2_ptr);
+        // struct list_head { struct list_head *next, *prev; }: every kernel has it, and btfparse
+        // learns the size of a pointer from it.
+        let list_head_ptr = b.ty("", 2, 0, false, b.next_id + 1);
+        b.strukt(
+            "list_head",
+            16,
+            &[("next", list_head_ptr, 0), ("prev", list_head_ptr, 64)],
+        );
         b.finish()
     }
 

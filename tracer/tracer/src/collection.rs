@@ -11,13 +11,14 @@
 //! 4. [`Tracer::poll`]: wait for events and hand each one to a callback.
 //! 5. [`Tracer::lost`]: how many events did not fit in the ring buffer.
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracer_common::{Config, Event, Filter, LOST_INDEX, MAX_SLOTS};
 
 use crate::btf::{self, Btf, DropReasons, SkbTracepoint, VMLINUX_BTF};
@@ -360,19 +361,12 @@ impl Tracer {
     /// Waits up to `timeout` for events, then calls `on_event` for every event available.
     /// Returns the number of events handled.
     pub fn poll(&mut self, timeout: Duration, mut on_event: impl FnMut(&Event)) -> Result<usize> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. EINTR (a signal such as Ctrl-C) just returns early.
-        unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
+        let mut ring = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        // An error (EINTR: a signal arrived) only means "look now": read what is there.
+        let _ = poll(
+            &mut ring,
+            PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
+        );
         let mut n = 0;
         while let Some(item) = self.ring.next() {
             if item.len() >= std::mem::size_of::<Event>() {

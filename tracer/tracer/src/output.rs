@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use nix::time::ClockId;
 use serde::Serialize;
 use tracer_common::Event;
 
@@ -128,21 +129,17 @@ pub struct Clock {
     offset_ns: i128,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+fn clock_ns(clock: ClockId) -> i128 {
+    // Both clocks always exist on Linux: an error here would be a kernel bug.
+    let ts = nix::time::clock_gettime(clock).expect("clock_gettime");
+    ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128
 }
 
 impl Clock {
     /// Measures the offset now.
     pub fn now() -> Clock {
-        let mono = clock_ns(libc::CLOCK_MONOTONIC);
-        let real = clock_ns(libc::CLOCK_REALTIME);
+        let mono = clock_ns(ClockId::CLOCK_MONOTONIC);
+        let real = clock_ns(ClockId::CLOCK_REALTIME);
         Clock {
             offset_ns: real - mono,
         }

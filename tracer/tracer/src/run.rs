@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{SigSet, Signal};
 use tracer_common::Filter;
 
 use crate::btf::{self, SkbTracepoint};
@@ -68,25 +69,37 @@ pub struct Summary {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// Makes Ctrl-C (SIGINT) and SIGTERM set the returned flag instead of killing the process, so
-/// the tracer can detach cleanly and print its lost-event count.
+/// the tracer can detach cleanly and print its lost-event count. The main loop sees the flag
+/// within one poll timeout (at most 100 ms). A SECOND signal kills the process the default way
+/// — e.g. when output is blocked because `tracer | less` is paused (the kernel still detaches
+/// everything: nothing is pinned).
+///
+/// No signal handler is involved (a handler may only do async-signal-safe things, and
+/// installing one is `unsafe`): the signals are *blocked*, so they wait as pending, and one
+/// watcher thread takes them with `sigwait`. Call this before starting any other thread:
+/// threads inherit the blocked set from the thread that starts them, and a thread that does
+/// not block the signals would still be killed by them.
 pub fn stop_on_signals() -> &'static AtomicBool {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing an async-signal-safe handler (one atomic store). No SA_RESTART: a
-        // blocking poll() returns EINTR at once. SA_RESETHAND: a SECOND signal kills the process
-        // the default way — e.g. when output is blocked because `tracer | less` is paused (the
-        // kernel still detaches everything: nothing is pinned).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESETHAND;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+    let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM]);
+    if signals.thread_block().is_err() {
+        return &STOP; // cannot happen with valid signals; the signals then simply kill us
+    }
+    let watcher = std::thread::Builder::new()
+        .name("tracer-signals".into())
+        .spawn(move || {
+            if signals.wait().is_ok() {
+                STOP.store(true, Ordering::SeqCst);
+            }
+            // From now on this thread lets the signals in: the next one is delivered here,
+            // with its default action (terminate the process).
+            let _ = signals.thread_unblock();
+            loop {
+                std::thread::park();
+            }
+        });
+    if watcher.is_err() {
+        let _ = signals.thread_unblock(); // no watcher: keep the default behaviour
     }
     &STOP
 }

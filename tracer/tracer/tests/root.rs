@@ -13,6 +13,9 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// Root tests run one at a time: each checks that the BPF programs of ITS tracer are gone, and
@@ -20,8 +23,7 @@ use serde_json::Value;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn need_root() -> MutexGuard<'static, ()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         let msg = "SKIPPED: needs root (run: cargo test --no-run, then sudo -E the test binary \
                    it prints, e.g. sudo -E target/debug/deps/root-…)";
         println!("{msg}");
@@ -48,16 +50,14 @@ impl Netns {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let (info_tx, info_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
-            // SAFETY: changes only this thread's network namespace.
-            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            let result = if r != 0 {
-                Err(std::io::Error::last_os_error().to_string())
+            // Changes only this thread's network namespace.
+            let result = if let Err(errno) = unshare(CloneFlags::CLONE_NEWNET) {
+                Err(errno.to_string())
             } else {
                 let path = PathBuf::from(format!(
                     "/proc/{}/task/{}/ns/net",
                     std::process::id(),
-                    // SAFETY: gettid has no preconditions.
-                    unsafe { libc::gettid() }
+                    nix::unistd::gettid()
                 ));
                 let inode = std::fs::metadata("/proc/thread-self/ns/net")
                     .map(|m| m.ino() as u32)
@@ -232,8 +232,8 @@ impl Tracer {
         let mut termed = false;
         while self.child.try_wait().unwrap().is_none() {
             if start.elapsed() > Duration::from_secs(30) && !termed {
-                // SAFETY: signalling our own child by its pid.
-                unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+                // Our own child, not yet waited for: its pid cannot have been reused.
+                let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
                 termed = true;
             }
             if start.elapsed() > Duration::from_secs(35) {
@@ -641,8 +641,8 @@ fn sigterm_exits_cleanly_with_a_summary() {
         let ns = Netns::new();
         let ino = inode_arg(&ns);
         let mut t = Tracer::start(&["drops", "--netns", &ino]);
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(t.child.id() as i32, libc::SIGTERM) };
+        // Our own child, not yet waited for: its pid cannot have been reused.
+        kill(Pid::from_raw(t.child.id() as i32), Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let status = loop {
             if let Some(s) = t.child.try_wait().unwrap() {
@@ -687,8 +687,8 @@ fn conntrack_of_a_namespace_held_only_by_a_file_descriptor() {
     let _serial = need_root();
     hygienic(|| {
         let (fd, inode) = std::thread::spawn(|| {
-            // SAFETY: changes only this thread's network namespace; the thread ends below.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // Changes only this thread's network namespace; the thread ends below.
+            unshare(CloneFlags::CLONE_NEWNET).unwrap();
             let run = |cmd: &str| {
                 let ok = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
                 assert!(ok.success(), "{cmd}");

@@ -77,9 +77,9 @@ const TCP_STATES: [&str; 10] = [
 /// line, in the format of `/proc/net/nf_conntrack`.
 pub fn dump() -> io::Result<String> {
     let socket = Socket::new(
-        Domain::from(libc::AF_NETLINK),
+        Domain::from(nix::libc::AF_NETLINK),
         Type::RAW,
-        Some(Protocol::from(libc::NETLINK_NETFILTER)),
+        Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
     )?;
     // nlmsghdr (16 bytes) + nfgenmsg (4 bytes): family AF_UNSPEC = every family.
     let mut request = Vec::with_capacity(20);
@@ -88,7 +88,7 @@ pub fn dump() -> io::Result<String> {
     request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     request.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
     request.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns ours
-    request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    request.extend_from_slice(&[nix::libc::AF_UNSPEC as u8, 0, 0, 0]);
     // Unconnected and unbound: a netlink socket sends to the kernel by default.
     socket.send(&request)?;
 
@@ -247,8 +247,8 @@ fn protocol_name(number: u8) -> &'static str {
 fn entry_line(body: &[u8]) -> Option<String> {
     let family = *body.first()?;
     let family_name = match i32::from(family) {
-        libc::AF_INET => "ipv4",
-        libc::AF_INET6 => "ipv6",
+        nix::libc::AF_INET => "ipv4",
+        nix::libc::AF_INET6 => "ipv6",
         _ => return None,
     };
     let entry = attributes(body.get(4..)?);

@@ -29,6 +29,8 @@ use tracer_common::{Config, Event, LOST_INDEX};
 
 /// Filled in by userspace before loading (`EbpfLoader::override_global("CONFIG", …)`): the
 /// struct offsets of THIS kernel, and the value of `SKB_CONSUMED`.
+// SAFETY: `no_mangle` keeps the symbol name `CONFIG`, by which aya finds the global; no other
+// symbol of the object has that name.
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::ZERO;
 
@@ -44,6 +46,8 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// sees in the object file: the real values only exist once userspace has loaded the program.
 macro_rules! config {
     ($($field:tt)+) => {
+        // SAFETY: a read of an aligned field of a static that nothing writes (the kernel froze
+        // it before the program could run).
         unsafe { core::ptr::read_volatile(&raw const CONFIG.$($field)+) }
     };
 }
@@ -55,6 +59,8 @@ fn read<T: Default>(base: u64, off: u32) -> T {
     if base == 0 {
         return T::default();
     }
+    // SAFETY: the helper copies through the kernel's fault handling: an unreadable address is an
+    // error (then `T::default()`), never a crash.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
 }
 
@@ -63,6 +69,7 @@ fn read<T: Default>(base: u64, off: u32) -> T {
 fn send(ev: &Event) {
     if EVENTS.output::<Event>(ev, 0).is_err() {
         if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
+            // SAFETY: this CPU's own slot of a per-CPU array, valid while the program runs.
             unsafe { *lost += 1 };
         }
     }
@@ -116,6 +123,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 }
 
 /// GPL-compatible: `bpf_probe_read_kernel` and the ring buffer helpers are GPL-only.
+// SAFETY: the kernel reads the license from the section named `license`; nothing else is put there.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
