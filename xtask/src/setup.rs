@@ -35,8 +35,6 @@ const TRACER_PACKAGES: &[&str] = &[
 ];
 /// What `repro` and the first exercises cannot do without.
 const BASIC_PACKAGES: &[&str] = &["iproute2", "iptables"];
-/// mdBook: the 0.4 series (0.5 changed the book format); `^0.4` picks its newest release.
-const MDBOOK_VERSION: &str = "^0.4";
 
 fn step(text: &str) {
     println!("{} {text}", style::bold("setup:"));
@@ -53,7 +51,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> Result<ExitCode> {
         ok &= report(nightly(), "nightly toolchain");
         ok &= report(bpf_linker(), "bpf-linker");
     }
-    ok &= report(mdbook(), "mdbook");
+    ok &= report(crate::book::ensure_mdbook(root).map(drop), "mdbook");
     ok &= report(docker_proxy(root), "docker-proxy");
     ok &= report(docker_proxy_28(root), "docker-proxy 28");
     println!();
@@ -196,27 +194,6 @@ fn bpf_linker() -> Result<()> {
     )?;
     if !ok {
         bail!("cargo install bpf-linker failed (it needs llvm-22-dev and libpolly-22-dev)");
-    }
-    Ok(())
-}
-
-fn mdbook() -> Result<()> {
-    if proc::which("mdbook").is_some() {
-        step("mdbook already installed");
-        return Ok(());
-    }
-    step(&format!(
-        "cargo install mdbook --locked --version {MDBOOK_VERSION}"
-    ));
-    let ok = proc::run_visible(proc::cargo().args([
-        "install",
-        "mdbook",
-        "--locked",
-        "--version",
-        MDBOOK_VERSION,
-    ]))?;
-    if !ok {
-        bail!("cargo install mdbook failed");
     }
     Ok(())
 }
