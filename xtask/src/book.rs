@@ -43,14 +43,16 @@ pub enum Mode {
     Serve,
     Refresh,
     Check,
+    Browser,
 }
 
-impl From<crate::cli::BookArgs> for Mode {
-    fn from(args: crate::cli::BookArgs) -> Mode {
-        match (args.serve, args.refresh, args.check) {
-            (true, _, _) => Mode::Serve,
-            (_, true, _) => Mode::Refresh,
-            (_, _, true) => Mode::Check,
+impl From<&crate::cli::BookArgs> for Mode {
+    fn from(args: &crate::cli::BookArgs) -> Mode {
+        match (args.serve, args.refresh, args.check, args.browser) {
+            (true, ..) => Mode::Serve,
+            (_, true, ..) => Mode::Refresh,
+            (_, _, true, _) => Mode::Check,
+            (.., true) => Mode::Browser,
             _ => Mode::Build,
         }
     }
@@ -74,6 +76,19 @@ pub struct Output {
     /// go to standard error).
     #[serde(default)]
     pub stderr: bool,
+    /// Where to write it under `book/src/` (default `outputs/NAME.txt`), e.g. a figure:
+    /// `generated/world.svg`.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+impl Output {
+    /// The file's path relative to `book/src/`.
+    pub fn path(&self) -> String {
+        self.file
+            .clone()
+            .unwrap_or_else(|| format!("outputs/{}.txt", self.name))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,8 +100,8 @@ struct Manifest {
 /// `book/outputs.toml`, parsed; every mask name checked.
 pub fn manifest(root: &Path) -> Result<Vec<Output>> {
     let path = root.join("book").join("outputs.toml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let manifest: Manifest =
         toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
     let known: Vec<&str> = masks().iter().map(|(name, _, _)| *name).collect();
@@ -121,6 +136,12 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
             ("skb", re(r"\b0x[0-9a-f]{8,16}\b"), "SKB"),
             // Network namespace inodes (4026531840 and up).
             ("netns", re(r"\b40265\d{5}\b"), "NETNS"),
+            // The machine's kernel release and sysctl values (doctor's lines).
+            (
+                "kernel",
+                re(r"\b\d+\.\d+\.\d+-[\w.+-]+|max_user_namespaces=\d+"),
+                "KERNEL",
+            ),
             // Process ids.
             ("pids", re(r"\bpid[ =:]?\d+"), "pid PID"),
             // Column padding that follows a masked value of another width.
@@ -157,8 +178,10 @@ pub fn relativize(text: &str, root: &Path) -> String {
 }
 
 /// `cargo xtask book [--serve | --refresh | --check]`.
-pub fn book(root: &Path, mode: Mode) -> Result<ExitCode> {
+pub fn book(root: &Path, args: &crate::cli::BookArgs) -> Result<ExitCode> {
+    let mode = Mode::from(args);
     let mdbook = ensure_mdbook(root)?;
+    let only = &args.only;
     match mode {
         Mode::Build => Ok(crate::exit(build(root, &mdbook)?)),
         Mode::Serve => {
@@ -170,14 +193,45 @@ pub fn book(root: &Path, mode: Mode) -> Result<ExitCode> {
             Ok(crate::exit(ok))
         }
         Mode::Refresh => {
-            let ok = refresh(root)?;
+            let ok = refresh(root, only)?;
             Ok(crate::exit(ok && build(root, &mdbook)?))
         }
         Mode::Check => {
-            let ok = check(root)?;
+            let ok = check(root, only)?;
             Ok(crate::exit(ok && build(root, &mdbook)?))
         }
+        Mode::Browser => Ok(crate::exit(build(root, &mdbook)? && browser(root)?)),
     }
+}
+
+/// Open every page of the built book in headless Chromium (`book/test/browser.mjs`,
+/// driven over the DevTools protocol by Node, no npm package): no console error, every
+/// internal link and anchor resolves, figures are SVGs that render, no output block
+/// overflows its column at 1280 px, the search finds "conntrack". Screenshots of the
+/// world's figure and of the hop table go to `target/book-screenshots/`.
+pub fn browser(root: &Path) -> Result<bool> {
+    let missing: Vec<&str> = ["node", "chromium"]
+        .into_iter()
+        .filter(|tool| proc::which(tool).is_none())
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "  {}  the browser test needs {}: cargo xtask setup installs them (Debian: \
+             apt-get install nodejs chromium fonts-noto-cjk)",
+            style::red("FAIL"),
+            missing.join(" and ")
+        );
+        return Ok(false);
+    }
+    println!("{}", style::bold("book: every page in headless Chromium"));
+    proc::run_visible(
+        Command::new("node")
+            .current_dir(root)
+            .arg("--experimental-websocket")
+            .arg("book/test/browser.mjs")
+            .arg("book/book")
+            .arg("target/book-screenshots"),
+    )
 }
 
 /// `mdbook build book`; true if it succeeded.
@@ -201,7 +255,13 @@ pub fn build(root: &Path, mdbook: &Path) -> Result<bool> {
 fn version_of(mdbook: &Path) -> Option<String> {
     let out = Command::new(mdbook).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Some(text.trim().trim_start_matches("mdbook").trim().trim_start_matches('v').to_string())
+    Some(
+        text.trim()
+            .trim_start_matches("mdbook")
+            .trim()
+            .trim_start_matches('v')
+            .to_string(),
+    )
 }
 
 /// The pinned mdBook: the one on PATH if it is that version, else the one in
@@ -247,7 +307,11 @@ fn ensure_pristine_exercises(root: &Path) -> Result<()> {
         Ok(out) if out.status.success() && !out.stdout.is_empty() => bail!(
             "exercises/ differs from git ({}): the book shows the untouched stubs; \
              capture from a clean checkout (git stash, or a fresh clone)",
-            String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim()
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
         ),
         _ => Ok(()),
     }
@@ -284,13 +348,16 @@ pub fn capture(root: &Path, output: &Output) -> Result<String> {
         bail!("`{}` printed nothing (exit {})", output.command, out.status);
     }
     if text.contains(&root.display().to_string()) {
-        bail!("`{}`: an absolute path of the checkout survived", output.command);
+        bail!(
+            "`{}`: an absolute path of the checkout survived",
+            output.command
+        );
     }
     Ok(text)
 }
 
-fn outputs_dir(root: &Path) -> PathBuf {
-    root.join("book").join("src").join("outputs")
+fn book_src(root: &Path) -> PathBuf {
+    root.join("book").join("src")
 }
 
 /// Should this entry run here? (Root-only entries are skipped without root, and said so.)
@@ -306,20 +373,37 @@ fn runnable(output: &Output) -> bool {
     true
 }
 
+/// The manifest's outputs, or only those named (each name must exist).
+fn selected(root: &Path, only: &[String]) -> Result<Vec<Output>> {
+    let all = manifest(root)?;
+    for name in only {
+        if !all.iter().any(|o| &o.name == name) {
+            bail!("book/outputs.toml has no output named {name:?}");
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|o| only.is_empty() || only.contains(&o.name))
+        .collect())
+}
+
 /// `--refresh`: run every command and write its file.
-pub fn refresh(root: &Path) -> Result<bool> {
+pub fn refresh(root: &Path, only: &[String]) -> Result<bool> {
     ensure_pristine_exercises(root)?;
-    let dir = outputs_dir(root);
-    std::fs::create_dir_all(&dir)?;
+    let dir = book_src(root);
     let mut ok = true;
-    for output in manifest(root)? {
+    for output in selected(root, only)? {
         if !runnable(&output) {
             continue;
         }
         let started = Instant::now();
         match capture(root, &output) {
             Ok(text) => {
-                std::fs::write(dir.join(format!("{}.txt", output.name)), text)?;
+                let path = dir.join(output.path());
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(path, text)?;
                 println!(
                     "  {}    {:<24} {}  ({:.1}s)",
                     style::green("OK"),
@@ -338,20 +422,20 @@ pub fn refresh(root: &Path) -> Result<bool> {
 }
 
 /// `--check`: run every command again; its masked output must equal the masked file.
-pub fn check(root: &Path) -> Result<bool> {
+pub fn check(root: &Path, only: &[String]) -> Result<bool> {
     ensure_pristine_exercises(root)?;
-    let dir = outputs_dir(root);
+    let dir = book_src(root);
     let mut ok = true;
     let all = Instant::now();
-    for output in manifest(root)? {
-        let path = dir.join(format!("{}.txt", output.name));
+    for output in selected(root, only)? {
+        let path = dir.join(output.path());
         let Ok(recorded) = std::fs::read_to_string(&path) else {
             ok = false;
             println!(
-                "  {}  {:<24} book/src/outputs/{}.txt is missing: cargo xtask book --refresh",
+                "  {}  {:<24} book/src/{} is missing: cargo xtask book --refresh",
                 style::red("FAIL"),
                 output.name,
-                output.name
+                output.path()
             );
             continue;
         };
@@ -367,10 +451,7 @@ pub fn check(root: &Path) -> Result<bool> {
                 continue;
             }
         };
-        let (was, is) = (
-            mask(&recorded, &output.masks),
-            mask(&now, &output.masks),
-        );
+        let (was, is) = (mask(&recorded, &output.masks), mask(&now, &output.masks));
         if was == is {
             println!(
                 "  {}    {:<24} {}  ({:.1}s)",
@@ -432,7 +513,8 @@ mod tests {
     #[test]
     fn relativize_removes_the_checkout_and_home() {
         let root = Path::new("/some/where/course");
-        let text = "at /some/where/course/exercises/01-udp-echo/src/lib.rs:45 in /some/where/course";
+        let text =
+            "at /some/where/course/exercises/01-udp-echo/src/lib.rs:45 in /some/where/course";
         assert_eq!(
             relativize(text, root),
             "at exercises/01-udp-echo/src/lib.rs:45 in ."
@@ -457,10 +539,12 @@ mod tests {
         let src = root.join("book").join("src");
         let outputs = manifest(&root).unwrap();
         let mut used = std::collections::BTreeSet::new();
+        let mut text_all = String::new();
         for entry in std::fs::read_dir(&src).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "md") {
                 let text = std::fs::read_to_string(&path).unwrap();
+                text_all.push_str(&text);
                 for (_, [name]) in Regex::new(r"\{\{#include outputs/([\w.-]+)\.txt")
                     .unwrap()
                     .captures_iter(&text)
@@ -477,7 +561,7 @@ mod tests {
         }
         for output in &outputs {
             assert!(
-                used.contains(&output.name),
+                used.contains(&output.name) || text_all.contains(&format!("({})", output.path())),
                 "book/outputs.toml captures {:?}, which no chapter includes",
                 output.name
             );

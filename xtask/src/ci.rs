@@ -64,11 +64,15 @@ pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode>
     if root.join("book").join("book.toml").is_file() {
         heading("the book: every captured output still true, then mdbook build");
         let started = std::time::Instant::now();
-        let ok = book::check(root).unwrap_or_else(|error| {
+        let ok = book::check(root, &[]).unwrap_or_else(|error| {
             println!("  {error:#}");
             false
         });
-        count(&mut tally, "cargo xtask book --check (outputs match the code)", ok);
+        count(
+            &mut tally,
+            "cargo xtask book --check (outputs match the code)",
+            ok,
+        );
         let ok = book::ensure_mdbook(root)
             .and_then(|mdbook| book::build(root, &mdbook))
             .unwrap_or_else(|error| {
@@ -76,6 +80,16 @@ pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode>
                 false
             });
         count(&mut tally, "cargo xtask book (mdbook build)", ok);
+        let ok = ok
+            && book::browser(root).unwrap_or_else(|error| {
+                println!("  {error:#}");
+                false
+            });
+        count(
+            &mut tally,
+            "cargo xtask book --browser (every page in headless Chromium)",
+            ok,
+        );
         println!("  (the book took {:.1}s)", started.elapsed().as_secs_f64());
     }
 

@@ -99,8 +99,10 @@ impl TimeoutArg {
     }
 }
 
-#[derive(Debug, Args, Clone, Copy)]
+#[derive(Debug, Args, Clone)]
 pub struct BookArgs {
+    /// With --refresh or --check: only these outputs of book/outputs.toml (by name).
+    pub only: Vec<String>,
     /// Serve it on http://localhost:3000 and rebuild on every save.
     #[arg(long, group = "book_mode")]
     pub serve: bool,
@@ -110,6 +112,10 @@ pub struct BookArgs {
     /// Fail when a captured output no longer matches what the code prints (CI).
     #[arg(long, group = "book_mode")]
     pub check: bool,
+    /// Build, then open every page in headless Chromium (console errors, links and
+    /// anchors, figures, overflow at 1280 px, search); screenshots in target/book-screenshots/.
+    #[arg(long, group = "book_mode")]
+    pub browser: bool,
 }
 
 #[derive(Debug, Args, Clone, Copy, Default)]

@@ -76,7 +76,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::DevCheck(timeout) => devcheck::dev_check(&root, &course, timeout.duration()),
         Cmd::Test(timeout) => ci::test(&root, &course, timeout.duration()),
         Cmd::Bench(timeout) => bench::bench(&root, &course, timeout.duration()),
-        Cmd::Book(args) => book::book(&root, book::Mode::from(args)),
+        Cmd::Book(args) => book::book(&root, &args),
         Cmd::Lifeline { program } => proc::lifeline(&program),
     }
 }

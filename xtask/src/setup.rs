@@ -33,6 +33,9 @@ const TRACER_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libzstd-dev",
 ];
+/// What the book's browser test needs (`cargo xtask book --browser`, run by `cargo xtask
+/// test`): a headless Chromium, a CJK font for the article's title, and Node to drive it.
+const BOOK_PACKAGES: &[&str] = &["chromium", "fonts-noto-cjk", "nodejs"];
 /// What `repro` and the first exercises cannot do without.
 const BASIC_PACKAGES: &[&str] = &["iproute2", "iptables"];
 
@@ -45,6 +48,7 @@ pub fn setup(root: &Path, args: SetupArgs) -> Result<ExitCode> {
     let mut packages: Vec<&str> = COURSE_PACKAGES.to_vec();
     if !args.only_course {
         packages.extend(TRACER_PACKAGES);
+        packages.extend(BOOK_PACKAGES);
     }
     ok &= report(apt_install(&packages), "system packages");
     if !args.only_course {

@@ -15,8 +15,8 @@ mod bench;
 mod capture;
 mod exec;
 mod repro;
-mod repro_fix;
 mod repro_capture;
+mod repro_fix;
 mod style;
 mod up;
 
@@ -86,6 +86,8 @@ enum Command {
         #[arg(long)]
         nat: bool,
     },
+    /// Print the world as an SVG picture (the book's figure, drawn from the topology).
+    Svg,
     /// Time the world coming up and going down.
     Bench {
         /// How many rounds.
@@ -125,6 +127,10 @@ fn main() {
         } => capture::run_here(&node, &interface, &file, &filter, seconds),
         Command::Script { nat } => {
             print!("{}", script(nat));
+            Ok(0)
+        }
+        Command::Svg => {
+            print!("{}", story::story_world().to_svg());
             Ok(0)
         }
         Command::Bench { rounds } => bench::run(rounds).map(|()| 0),
