@@ -314,6 +314,13 @@ pub fn numbering(root: &Path, course: &Course) -> Problems {
         let Ok(chapter) = fs::read_to_string(src.join(&ex.chapter)) else {
             continue;
         };
+        if !chapter.contains("## Predict before you run") || !chapter.contains("<details>") {
+            problems.push(format!(
+                "book/src/{} needs a `## Predict before you run` question with its answer \
+                 folded away in <details>",
+                ex.chapter
+            ));
+        }
         let heading = format!("# {wanted}");
         if chapter.lines().next().map(str::trim) != Some(heading.as_str()) {
             problems.push(format!(
@@ -531,8 +538,12 @@ hint = "h"
             package(&tree, "solutions", dir, &format!("solution-{slug}"));
             tree.write(&format!("checks/{dir}.rs"), "");
         }
-        tree.write("book/src/ch01-echo.md", "# 1. Echo\n\n`cargo xtask check 1`\n")
-            .write("book/src/ch02-world.md", "# 2. World\n")
+        let predict = "## Predict before you run\n\n<details>\n</details>\n";
+        tree.write(
+            "book/src/ch01-echo.md",
+            &format!("# 1. Echo\n\n`cargo xtask check 1`\n{predict}"),
+        )
+        .write("book/src/ch02-world.md", &format!("# 2. World\n{predict}"))
             .write(
                 "book/src/introduction.md",
                 "1. [Echo](ch01-echo.md)\n2. [World](ch02-world.md)\n",
