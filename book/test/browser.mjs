@@ -113,8 +113,8 @@ async function open(rel) {
   await done;
   await evaluate("document.fonts.ready.then(() => true)");
 }
-async function screenshot(name, selector) {
-  const y = await evaluate(`(() => { const e = document.querySelector(${JSON.stringify(selector)}); if (!e) return null; e.scrollIntoView({block: "start"}); window.scrollBy(0, -40); return true; })()`);
+async function screenshot(name, selector, containing = "") {
+  const y = await evaluate(`(() => { const e = [...document.querySelectorAll(${JSON.stringify(selector)})].find((e) => e.textContent.includes(${JSON.stringify(containing)})); if (!e) return null; e.scrollIntoView({block: "start"}); window.scrollBy(0, -40); return true; })()`);
   if (y === null) { fail(current, `no ${selector} to screenshot`); return; }
   await sleep(200);
   const { data } = await page("Page.captureScreenshot", { format: "png" });
@@ -158,7 +158,10 @@ for (const rel of pages) {
     if (found.figures.length === 0) fail(rel, "the world's figure is missing");
     await screenshot("world.png", "main img[src$='.svg']");
   }
-  if (rel === "setup.html") await screenshot("hop-table.png", "main pre:has(code.language-text)");
+  if (rel === "ch07-skb-path.html") {
+    await screenshot("hop-table.png", "main pre", "DROPPED");
+    await screenshot("journey.png", "main img[src$='journey.svg']");
+  }
 }
 for (const [from, target, fragment] of links) {
   const file = target.replace(/^\.\//, "");
