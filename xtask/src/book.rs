@@ -581,6 +581,7 @@ mod tests {
         let (root, _) = course::Course::discover().unwrap();
         let src = root.join("book").join("src");
         let outputs = manifest(&root).unwrap();
+        let include = Regex::new(r"\{\{#include outputs/([\w.-]+)\.txt").unwrap();
         let mut used = std::collections::BTreeSet::new();
         let mut text_all = String::new();
         for entry in std::fs::read_dir(&src).unwrap() {
@@ -588,11 +589,7 @@ mod tests {
             if path.extension().is_some_and(|e| e == "md") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 text_all.push_str(&text);
-                for (_, [name]) in Regex::new(r"\{\{#include outputs/([\w.-]+)\.txt")
-                    .unwrap()
-                    .captures_iter(&text)
-                    .map(|c| c.extract())
-                {
+                for (_, [name]) in include.captures_iter(&text).map(|c| c.extract()) {
                     assert!(
                         outputs.iter().any(|o| o.name == name),
                         "{} includes outputs/{name}.txt, which book/outputs.toml does not produce",
