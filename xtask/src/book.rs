@@ -80,6 +80,11 @@ pub struct Output {
     /// `generated/world.svg`.
     #[serde(default)]
     pub file: Option<String>,
+    /// Keep only one numbered section of the output: `"5."` keeps from the line that
+    /// starts with `5. ` to the next numbered heading (repro's steps). Entries with the
+    /// same command share one run.
+    #[serde(default)]
+    pub section: Option<String>,
 }
 
 impl Output {
@@ -354,6 +359,45 @@ fn ensure_pristine_exercises(root: &Path) -> Result<()> {
     }
 }
 
+/// One run per distinct command, shared by the entries that show sections of it.
+#[derive(Default)]
+struct Runs(std::collections::HashMap<String, String>);
+
+impl Runs {
+    /// The entry's text: its command's output (run once), cut to its section.
+    fn text(&mut self, root: &Path, output: &Output) -> Result<String> {
+        let whole = match self.0.get(&output.command) {
+            Some(text) => text.clone(),
+            None => {
+                let text = capture(root, output)?;
+                self.0.insert(output.command.clone(), text.clone());
+                text
+            }
+        };
+        match &output.section {
+            None => Ok(whole),
+            Some(number) => section(&whole, number)
+                .with_context(|| format!("`{}` printed no section {number}", output.command)),
+        }
+    }
+}
+
+/// The heading that starts with `number ` (`"5."`) and the indented lines under it,
+/// without trailing blank lines (a section ends at the next line that is not indented:
+/// the next numbered heading, or the closing words).
+fn section(text: &str, number: &str) -> Option<String> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{number} ")));
+    let first = lines.next()?;
+    let mut kept = vec![first];
+    kept.extend(lines.take_while(|l| l.trim().is_empty() || l.starts_with(' ')));
+    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+        kept.pop();
+    }
+    Some(kept.join("\n") + "\n")
+}
+
 /// Run one entry's command as a fresh learner would see it: colours off, no progress
 /// recorded (the learner's own `.course/progress.json` is put back afterwards).
 /// Returns the output with the machine's paths taken out.
@@ -429,12 +473,13 @@ pub fn refresh(root: &Path, only: &[String]) -> Result<bool> {
     ensure_pristine_exercises(root)?;
     let dir = book_src(root);
     let mut ok = true;
+    let mut runs = Runs::default();
     for output in selected(root, only)? {
         if !runnable(&output) {
             continue;
         }
         let started = Instant::now();
-        match capture(root, &output) {
+        match runs.text(root, &output) {
             Ok(text) => {
                 let path = dir.join(output.path());
                 if let Some(parent) = path.parent() {
@@ -463,6 +508,7 @@ pub fn check(root: &Path, only: &[String]) -> Result<bool> {
     ensure_pristine_exercises(root)?;
     let dir = book_src(root);
     let mut ok = true;
+    let mut runs = Runs::default();
     let all = Instant::now();
     for output in selected(root, only)? {
         let path = dir.join(output.path());
@@ -480,7 +526,7 @@ pub fn check(root: &Path, only: &[String]) -> Result<bool> {
             continue;
         }
         let started = Instant::now();
-        let now = match capture(root, &output) {
+        let now = match runs.text(root, &output) {
             Ok(text) => text,
             Err(error) => {
                 ok = false;
@@ -551,6 +597,14 @@ mod tests {
         // A different address is a real difference.
         let c = a.replace("172.18.0.1", "192.168.0.239");
         assert_ne!(mask(a, &names), mask(&c, &names));
+    }
+
+    #[test]
+    fn a_section_runs_to_the_next_numbered_heading() {
+        let text = "intro\n1. One\n  a\n\n2. Two\n  b\n  c\n\n3. Three\n\nThe end.\n";
+        assert_eq!(section(text, "2.").as_deref(), Some("2. Two\n  b\n  c\n"));
+        assert_eq!(section(text, "3.").as_deref(), Some("3. Three\n"));
+        assert_eq!(section(text, "4."), None);
     }
 
     #[test]
