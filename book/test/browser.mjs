@@ -192,7 +192,9 @@ ws.close();
 chromium.kill();
 server.close();
 await new Promise((ok) => chromium.on("exit", ok));
-rmSync(profile, { recursive: true, force: true });
+// Chromium's helper processes may still be writing its profile for a moment: retry, and
+// never fail the test over a temporary directory.
+try { rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }); } catch { /* left in /tmp */ }
 console.log(`browser: ${pages.length} pages, ${links.length} internal links, search "conntrack": ${hits} results; screenshots in ${shotDir}`);
 if (problems.length) {
   for (const p of problems) console.log(`  FAIL  ${p}`);
