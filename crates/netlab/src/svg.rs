@@ -170,9 +170,9 @@ fn draw(
             "<line class=\"cable\" x1=\"{px:.1}\" y1=\"{py:.1}\" x2=\"{center:.1}\" y2=\"{y:.1}\"/>\n\
              <text class=\"if\" x=\"{center:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
              <text class=\"if\" x=\"{center:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            y - 19.0,
+            y - 27.0,
             escape(near),
-            y - 5.0,
+            y - 13.0,
             escape(far)
         );
     }
