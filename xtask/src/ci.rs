@@ -2,7 +2,7 @@
 //!
 //! In order: `setup` (as root) → `cargo fmt --check` → `cargo clippy -D warnings` →
 //! the infrastructure crates' own tests → dev-check's honesty table → the rootless
-//! proof → `mdbook build` → the root network namespace unchanged. Every step and every
+//! proof → the book (`book --check`: captured outputs still true; `mdbook build`) → the root network namespace unchanged. Every step and every
 //! check counts once in the closing `summary:` line; exit 0 only if nothing failed.
 
 use std::path::Path;
@@ -15,7 +15,7 @@ use course::Course;
 use crate::check_runner::Tally;
 use crate::cli::SetupArgs;
 use crate::devcheck::{count, step_ok};
-use crate::{devcheck, proc, rootless, setup, snapshot, style};
+use crate::{book, devcheck, proc, rootless, setup, snapshot, style};
 
 fn heading(text: &str) {
     println!();
@@ -64,16 +64,35 @@ pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode>
     tally.add(rootless::prove(root, course, timeout)?);
 
     if root.join("book").join("book.toml").is_file() {
-        heading("the book");
-        let ok = step_ok(
-            std::process::Command::new("mdbook")
-                .current_dir(root)
-                .args(["build", "book"]),
+        heading("the book: every captured output still true, then mdbook build");
+        let started = std::time::Instant::now();
+        let ok = book::check(root, &[]).unwrap_or_else(|error| {
+            println!("  {error:#}");
+            false
+        });
+        count(
+            &mut tally,
+            "cargo xtask book --check (outputs match the code)",
+            ok,
         );
-        if !ok && proc::which("mdbook").is_none() {
-            println!("  mdbook is not installed: cargo xtask setup (or cargo install mdbook --locked --version ^0.4)");
-        }
-        count(&mut tally, "mdbook build book", ok);
+        let ok = book::ensure_mdbook(root)
+            .and_then(|mdbook| book::build(root, &mdbook))
+            .unwrap_or_else(|error| {
+                println!("  {error:#}");
+                false
+            });
+        count(&mut tally, "cargo xtask book (mdbook build)", ok);
+        let ok = ok
+            && book::browser(root).unwrap_or_else(|error| {
+                println!("  {error:#}");
+                false
+            });
+        count(
+            &mut tally,
+            "cargo xtask book --browser (every page in headless Chromium)",
+            ok,
+        );
+        println!("  (the book took {:.1}s)", started.elapsed().as_secs_f64());
     }
 
     heading("the machine's root network namespace is untouched");

@@ -53,6 +53,8 @@ pub enum Command {
     Test(TimeoutArg),
     /// Time the world's up+down and a full `check --all --solution`.
     Bench(TimeoutArg),
+    /// Build the book with the pinned mdBook (installed when missing); --serve, --refresh, --check.
+    Book(BookArgs),
     /// (Internal, run by `check --sudo` as root.) Run PROGRAM in its own process group
     /// and kill the group when standard input closes (the runner finished or died).
     #[command(hide = true)]
@@ -95,6 +97,25 @@ impl TimeoutArg {
     pub fn duration(self) -> Duration {
         Duration::from_secs(self.seconds)
     }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BookArgs {
+    /// With --refresh or --check: only these outputs of book/outputs.toml (by name).
+    pub only: Vec<String>,
+    /// Serve it on http://localhost:3000 and rebuild on every save.
+    #[arg(long, group = "book_mode")]
+    pub serve: bool,
+    /// Run every command of book/outputs.toml again and rewrite its output file.
+    #[arg(long, group = "book_mode")]
+    pub refresh: bool,
+    /// Fail when a captured output no longer matches what the code prints (CI).
+    #[arg(long, group = "book_mode")]
+    pub check: bool,
+    /// Build, then open every page in headless Chromium (console errors, links and
+    /// anchors, figures, overflow at 1280 px, search); screenshots in target/book-screenshots/.
+    #[arg(long, group = "book_mode")]
+    pub browser: bool,
 }
 
 #[derive(Debug, Args, Clone, Copy, Default)]

@@ -107,7 +107,7 @@ pub fn examine(root: &Path) -> Vec<Item> {
     items.push(cargo_tool(
         "mdbook",
         "builds the book",
-        "cargo install mdbook --locked --version ^0.4",
+        "cargo xtask book (installs the pinned mdbook 0.4.52)",
     ));
     items.push(docker_proxy(root));
     items.push(docker_proxy_28(root));

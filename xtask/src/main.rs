@@ -15,6 +15,7 @@
 //! - [`devcheck`], [`ci`], [`snapshot`], [`rootless`], [`bench`] — for course authors and CI.
 
 mod bench;
+mod book;
 mod cargo_build;
 mod check_runner;
 mod ci;
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::DevCheck(timeout) => devcheck::dev_check(&root, &course, timeout.duration()),
         Cmd::Test(timeout) => ci::test(&root, &course, timeout.duration()),
         Cmd::Bench(timeout) => bench::bench(&root, &course, timeout.duration()),
+        Cmd::Book(args) => book::book(&root, &args),
         Cmd::Lifeline { program } => proc::lifeline(&program),
     }
 }

@@ -38,10 +38,11 @@ const TRACER_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libzstd-dev",
 ];
+/// What the book's browser test needs (`cargo xtask book --browser`, run by `cargo xtask
+/// test`): a headless Chromium, a CJK font for the article's title, and Node to drive it.
+const BOOK_PACKAGES: &[&str] = &["chromium", "fonts-noto-cjk", "nodejs"];
 /// What `repro` and the first exercises cannot do without.
 const BASIC_PACKAGES: &[&str] = &["iproute2", "iptables"];
-/// mdBook: the 0.4 series (0.5 changed the book format); `^0.4` picks its newest release.
-const MDBOOK_VERSION: &str = "^0.4";
 
 /// What `cargo install` builds, counted and timed on a 2-core Debian 12 machine
 /// (`Compiling` lines; wall time, idle and busy): the progress bar's length and the
@@ -51,8 +52,8 @@ const MDBOOK_VERSION: &str = "^0.4";
 const BPF_LINKER_CRATES: u64 = 66;
 const BPF_LINKER_ESTIMATE: &str = "1 to 5 minutes, depending on how busy the machine is";
 /// mdbook 0.4.52: 1 min 39 s idle, 13 min 13 s busy.
-const MDBOOK_CRATES: u64 = 201;
-const MDBOOK_ESTIMATE: &str = "2 to 15 minutes, depending on how busy the machine is";
+pub const MDBOOK_CRATES: u64 = 201;
+pub const MDBOOK_ESTIMATE: &str = "2 to 15 minutes, depending on how busy the machine is";
 /// `cargo install bpf-linker`, as setup and repro run it (and print it, without root).
 const BPF_LINKER_INSTALL: &str =
     "cargo install bpf-linker --locked --no-default-features --features llvm-22";
@@ -71,13 +72,14 @@ pub fn setup(root: &Path, args: SetupArgs) -> Result<ExitCode> {
     let mut packages: Vec<&str> = COURSE_PACKAGES.to_vec();
     if !args.only_course {
         packages.extend(TRACER_PACKAGES);
+        packages.extend(BOOK_PACKAGES);
     }
     ok &= report(apt_install(&packages), "system packages");
     if !args.only_course {
         ok &= report(nightly(), "nightly toolchain");
         ok &= report(bpf_linker(), "bpf-linker");
     }
-    ok &= report(mdbook(), "mdbook");
+    ok &= report(crate::book::ensure_mdbook(root).map(drop), "mdbook");
     ok &= report(docker_proxy(root), "docker-proxy");
     ok &= report(docker_proxy_28(root), "docker-proxy 28");
     println!();
@@ -324,22 +326,6 @@ pub fn ebpf_toolchain_plan() -> Vec<String> {
         "then the first build of the course's eBPF tracer (2 to 6 minutes, once)".to_string(),
     );
     plan
-}
-
-fn mdbook() -> Result<()> {
-    if proc::which("mdbook").is_some() {
-        step("mdbook already installed");
-        return Ok(());
-    }
-    step(&format!(
-        "cargo install mdbook --locked --version {MDBOOK_VERSION} ({MDBOOK_ESTIMATE})"
-    ));
-    let mut cmd = proc::cargo();
-    cmd.args(["install", "mdbook", "--locked", "--version", MDBOOK_VERSION]);
-    if !cargo_install(cmd, "cargo install mdbook", MDBOOK_CRATES)? {
-        bail!("cargo install mdbook failed");
-    }
-    Ok(())
 }
 
 /// Docker 20.10's `docker-proxy`, extracted from Debian's `docker.io` package without

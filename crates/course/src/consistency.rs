@@ -42,6 +42,10 @@ pub fn all(root: &Path, course: &Course) -> Vec<(&'static str, Problems)> {
             "SUMMARY.md links every chapter in order",
             summary(root, course),
         ),
+        (
+            "one numbering: chapter, sidebar, intro and check command agree",
+            numbering(root, course),
+        ),
     ]
 }
 
@@ -269,6 +273,83 @@ pub fn summary(root: &Path, course: &Course) -> Problems {
     problems
 }
 
+/// One numbering everywhere: exercise N's chapter is titled `# N. <title>`, the sidebar
+/// (SUMMARY.md, with mdBook's own section numbers off: `no-section-label = true`) lists
+/// it as `N. <title>`, the introduction's list links it as item `N.`, and every
+/// `cargo xtask check X` in the chapter names exercise N.
+pub fn numbering(root: &Path, course: &Course) -> Problems {
+    let book = root.join("book");
+    let src = book.join("src");
+    let mut problems = Problems::new();
+    let book_toml = fs::read_to_string(book.join("book.toml")).unwrap_or_default();
+    if !book_toml
+        .lines()
+        .any(|l| l.replace(' ', "") == "no-section-label=true")
+    {
+        problems.push(
+            "book/book.toml must set `no-section-label = true` under [output.html]: the \
+             chapters carry their exercise's number themselves, mdBook's would disagree"
+                .to_string(),
+        );
+    }
+    let summary = fs::read_to_string(src.join("SUMMARY.md")).unwrap_or_default();
+    let intro = fs::read_to_string(src.join("introduction.md")).unwrap_or_default();
+    for ex in &course.exercises {
+        let Some(n) = ex.number() else { continue };
+        let wanted = format!("{n}. {}", ex.title);
+        let sidebar = format!("[{wanted}]({})", ex.chapter);
+        if !summary.contains(&sidebar) {
+            problems.push(format!("book/src/SUMMARY.md should list `{sidebar}`"));
+        }
+        let in_intro = intro.lines().any(|line| {
+            line.trim_start().starts_with(&format!("{n}. "))
+                && line.contains(&format!("]({})", ex.chapter))
+        });
+        if !in_intro {
+            problems.push(format!(
+                "book/src/introduction.md's list should have item `{n}. ` linking {}",
+                ex.chapter
+            ));
+        }
+        let Ok(chapter) = fs::read_to_string(src.join(&ex.chapter)) else {
+            continue;
+        };
+        if !chapter.contains("## Predict before you run") || !chapter.contains("<details>") {
+            problems.push(format!(
+                "book/src/{} needs a `## Predict before you run` question with its answer \
+                 folded away in <details>",
+                ex.chapter
+            ));
+        }
+        let heading = format!("# {wanted}");
+        if chapter.lines().next().map(str::trim) != Some(heading.as_str()) {
+            problems.push(format!(
+                "book/src/{} should start with `{heading}`",
+                ex.chapter
+            ));
+        }
+        let mut rest = chapter.as_str();
+        while let Some(at) = rest.find("cargo xtask check ") {
+            rest = &rest[at + "cargo xtask check ".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            if name.is_empty() {
+                continue;
+            }
+            match course.find(&name) {
+                Ok(named) if named.id == ex.id => {}
+                _ => problems.push(format!(
+                    "book/src/{} says `cargo xtask check {name}`, which is not {}",
+                    ex.chapter, ex.id
+                )),
+            }
+        }
+    }
+    problems
+}
+
 // ---------------------------------------------------------------- small helpers
 
 /// Every (package folder, expected package name) of the course.
@@ -457,12 +538,20 @@ hint = "h"
             package(&tree, "solutions", dir, &format!("solution-{slug}"));
             tree.write(&format!("checks/{dir}.rs"), "");
         }
-        tree.write("book/src/ch01-echo.md", "")
-            .write("book/src/ch02-world.md", "")
-            .write("book/src/intro.md", "")
+        let predict = "## Predict before you run\n\n<details>\n</details>\n";
+        tree.write(
+            "book/src/ch01-echo.md",
+            &format!("# 1. Echo\n\n`cargo xtask check 1`\n{predict}"),
+        )
+        .write("book/src/ch02-world.md", &format!("# 2. World\n{predict}"))
+            .write(
+                "book/src/introduction.md",
+                "1. [Echo](ch01-echo.md)\n2. [World](ch02-world.md)\n",
+            )
+            .write("book/book.toml", "[output.html]\nno-section-label = true\n")
             .write(
                 "book/src/SUMMARY.md",
-                "# Summary\n\n[Intro](intro.md)\n\n- [Echo](./ch01-echo.md)\n- [World](ch02-world.md)\n",
+                "# Summary\n\n[Intro](introduction.md)\n\n- [1. Echo](ch01-echo.md)\n- [2. World](ch02-world.md)\n",
             );
         let course = Course::load(&tree.0).unwrap();
         (tree, course)
@@ -479,6 +568,33 @@ hint = "h"
     fn a_consistent_tree_has_no_problems() {
         let (tree, course) = good_tree();
         assert_eq!(problems(&tree, &course), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_chapter_numbered_differently_is_reported() {
+        let (tree, course) = good_tree();
+        tree.write(
+            "book/src/ch02-world.md",
+            "# 3. World\n\n`cargo xtask check 1`\n",
+        );
+        tree.write("book/book.toml", "[output.html]\n");
+        let found = problems(&tree, &course);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("should start with `# 2. World`")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("`cargo xtask check 1`, which is not exercise-2")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("no-section-label")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -50,3 +50,8 @@ fn each_tests_check_rs_points_at_its_check_file() {
 fn summary_md_links_every_chapter_in_order() {
     run(consistency::summary);
 }
+
+#[test]
+fn one_numbering_for_chapters_sidebar_intro_and_checks() {
+    run(consistency::numbering);
+}

@@ -79,8 +79,15 @@ enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
-    /// Print the world as shell commands (`ip`, `iptables-restore`) to build it by hand.
-    Script,
+    /// Print the world as shell commands (`ip`) to build it by hand; `--nat` adds
+    /// Docker's NAT rules (`iptables-restore`), exercise 3's answer.
+    Script {
+        /// Also print Docker's NAT rules (the answer to exercise 3: a spoiler before it).
+        #[arg(long)]
+        nat: bool,
+    },
+    /// Print the world as an SVG picture (the book's figure, drawn from the topology).
+    Svg,
     /// Time the world coming up and going down.
     Bench {
         /// How many rounds.
@@ -118,8 +125,12 @@ fn main() {
             filter,
             seconds,
         } => capture::run_here(&node, &interface, &file, &filter, seconds),
-        Command::Script => {
-            print!("{}", script());
+        Command::Script { nat } => {
+            print!("{}", script(nat));
+            Ok(0)
+        }
+        Command::Svg => {
+            print!("{}", story::story_world().to_svg());
             Ok(0)
         }
         Command::Bench { rounds } => bench::run(rounds).map(|()| 0),
@@ -133,10 +144,17 @@ fn main() {
     }
 }
 
-/// The whole world as a shell script: topology, then each node's iptables rules.
-fn script() -> String {
+/// The whole world as a shell script: topology, then (with `nat`) each node's
+/// iptables rules — exercise 3's answer, so only when asked.
+fn script(with_nat: bool) -> String {
     let nat = story::reference_nat_rules();
     let mut text = story::story_world().to_shell();
+    if !with_nat {
+        text.push_str(
+            "# Docker's NAT rules are exercise 3's answer: `cargo xtask lab script --nat` prints them.\n",
+        );
+        return text;
+    }
     for (node, rules) in [
         ("host", &nat.host),
         ("dind1", &nat.dind1),

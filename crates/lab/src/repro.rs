@@ -10,6 +10,8 @@ use story::{Outcome, Story};
 use crate::style::{bold, dim, green, red};
 
 mod homework;
+#[cfg_attr(not(feature = "hop-table"), allow(dead_code))]
+mod journey;
 
 /// How long the client waits, as in the story (it simply times out).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -165,6 +167,20 @@ mod hops {
                         .collect();
                     let table = solution_skb_path::hops(&records);
                     let text = solution_skb_path::format_hop_table(&table, node_of);
+                    // The book's figure of this table (`cargo xtask book --refresh`).
+                    if let Some(path) = std::env::var_os("LAB_JOURNEY_SVG") {
+                        let steps: Vec<super::journey::Step> = table
+                            .iter()
+                            .map(|hop| super::journey::Step {
+                                node: node_of(hop.netns).unwrap_or_default(),
+                                tuple: hop.tuple.clone(),
+                                dropped: hop.drop_reason.clone(),
+                            })
+                            .collect();
+                        if let Err(error) = std::fs::write(&path, super::journey::svg(&steps)) {
+                            println!("  (cannot write the journey's picture: {error})");
+                        }
+                    }
                     for line in text.lines() {
                         println!("  {line}");
                     }

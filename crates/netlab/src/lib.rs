@@ -26,6 +26,7 @@ pub mod conntrack;
 pub mod netns;
 pub mod programs;
 pub mod sandbox;
+pub mod svg;
 pub mod topology;
 pub mod watchdog;
 pub mod world;
