@@ -125,8 +125,8 @@ fn opaque(x: u64) -> u64 {
     #[cfg(target_arch = "bpf")]
     {
         let mut x = x;
-        // SAFETY: an empty asm block that only "modifies" x.
-        unsafe { core::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, preserves_flags)) };
+        // SAFETY: one `x = x` instruction: the compiler must assume it changed x.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(nomem, nostack, preserves_flags)) };
         x
     }
     #[cfg(not(target_arch = "bpf"))]

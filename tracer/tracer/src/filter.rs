@@ -37,7 +37,7 @@ use tracer_common::program::{
     DIR_BOTH, DIR_DST, DIR_EITHER, DIR_SRC, K_ARP, K_IP, K_IP6, K_RARP, OP_AND, OP_HOST, OP_KIND,
     OP_NOT, OP_OR, OP_PORT, OP_PROTO,
 };
-use tracer_common::{Filter, Insn, F_IFINDEX, F_NETNS, MAX_INSNS};
+use tracer_common::{Filter, Insn, Packet, F_IFINDEX, F_NETNS, MAX_INSNS};
 
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -365,13 +365,13 @@ impl Parser<'_> {
             Some("net") => "net",
             Some("port") => "port",
             Some("portrange") => "portrange",
-            Some(w) if dir != DIR_EITHER && (w.parse::<IpAddr>().is_ok() || w.contains('/')) => {
-                // `src 10.0.0.1`: host (or net) implied
+            Some(w) if dir != DIR_EITHER && w.parse::<IpAddr>().is_ok() => {
+                // `src 10.0.0.1`: host implied (tcpdump refuses `src 10.0.0.0/8` without `net`)
                 let q = Qual {
                     kinds,
                     proto: l4,
                     dir,
-                    what: if w.contains('/') { "net" } else { "host" },
+                    what: "host",
                 };
                 let v = self.next().unwrap_or_default();
                 return self.value(q, v);
@@ -589,4 +589,55 @@ pub fn disassemble(f: &Filter) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What the eBPF program extracts from a packet (`read_tuple` in `tracer-ebpf`), computed here
+/// from an Ethernet frame as captured by tcpdump: the same fields, by the same rules. The tests
+/// use it to run [`tracer_common::program::eval`] on every packet of a pcap file.
+pub fn packet_of_frame(frame: &[u8]) -> Packet {
+    let mut p = Packet::default();
+    let byte = |i: usize| frame.get(i).copied().unwrap_or(0);
+    let word = |i: usize| u32::from_ne_bytes([byte(i), byte(i + 1), byte(i + 2), byte(i + 3)]);
+    let ethertype = u16::from_be_bytes([byte(12), byte(13)]);
+    let ip = 14;
+    let version = byte(ip) >> 4;
+    let l4 = if ethertype == 0x0800 && version == 4 {
+        p.kind = K_IP;
+        p.proto = byte(ip + 9);
+        p.saddr[0] = word(ip + 12);
+        p.daddr[0] = word(ip + 16);
+        if u16::from_be_bytes([byte(ip + 6), byte(ip + 7)]) & 0x1fff != 0 {
+            return p;
+        }
+        ip + (byte(ip) & 0x0f) as usize * 4
+    } else if ethertype == 0x86dd && version == 6 {
+        p.kind = K_IP6;
+        p.proto = byte(ip + 6);
+        p.saddr = [0, 1, 2, 3].map(|i| word(ip + 8 + 4 * i));
+        p.daddr = [0, 1, 2, 3].map(|i| word(ip + 24 + 4 * i));
+        if p.proto == tracer_common::program::IPPROTO_FRAGMENT {
+            p.inner = byte(ip + 40);
+            return p;
+        }
+        ip + 40
+    } else if ethertype == 0x0806 || ethertype == 0x8035 {
+        p.kind = if ethertype == 0x0806 { K_ARP } else { K_RARP };
+        p.saddr[0] = word(ip + 14);
+        p.daddr[0] = word(ip + 24);
+        return p;
+    } else {
+        return p;
+    };
+    if matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        p.sport = u16::from_be_bytes([byte(l4), byte(l4 + 1)]);
+        p.dport = u16::from_be_bytes([byte(l4 + 2), byte(l4 + 3)]);
+        p.ports_ok = 1;
+    }
+    p
+}
+
+/// Does the filter's expression match this Ethernet frame? (The evaluator the kernel runs, on
+/// the fields [`packet_of_frame`] extracts; the namespace/interface restrictions are ignored.)
+pub fn matches_frame(f: &Filter, frame: &[u8]) -> bool {
+    tracer_common::program::eval(&f.prog, f.len, &packet_of_frame(frame))
 }
