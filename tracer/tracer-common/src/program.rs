@@ -126,7 +126,9 @@ fn opaque(x: u64) -> u64 {
     {
         let mut x = x;
         // SAFETY: one `x = x` instruction: the compiler must assume it changed x.
-        unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("{0} = {0}", inout(reg) x, options(nomem, nostack, preserves_flags))
+        };
         x
     }
     #[cfg(not(target_arch = "bpf"))]

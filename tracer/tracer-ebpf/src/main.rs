@@ -392,8 +392,18 @@ fn read_tuple(skb: u64, ev: &mut Event, pkt: &mut Packet) {
         pkt.kind = K_IP6;
         pkt.proto = b0[6];
         let words = [w[1], w[2], w[3], w[4]];
-        pkt.saddr = [words[0] as u32, (words[0] >> 32) as u32, words[1] as u32, (words[1] >> 32) as u32];
-        pkt.daddr = [words[2] as u32, (words[2] >> 32) as u32, words[3] as u32, (words[3] >> 32) as u32];
+        pkt.saddr = [
+            words[0] as u32,
+            (words[0] >> 32) as u32,
+            words[1] as u32,
+            (words[1] >> 32) as u32,
+        ];
+        pkt.daddr = [
+            words[2] as u32,
+            (words[2] >> 32) as u32,
+            words[3] as u32,
+            (words[3] >> 32) as u32,
+        ];
         put_u64(&mut ev.saddr, 0, w[1]);
         put_u64(&mut ev.saddr, 8, w[2]);
         put_u64(&mut ev.daddr, 0, w[3]);

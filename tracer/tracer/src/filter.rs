@@ -134,10 +134,7 @@ struct Parser<'a> {
 }
 
 fn insn(op: u8) -> Insn {
-    Insn {
-        op,
-        ..Insn::ZERO
-    }
+    Insn { op, ..Insn::ZERO }
 }
 
 fn kind(kinds: u8) -> Insn {
@@ -218,9 +215,9 @@ impl Parser<'_> {
     fn need(&mut self, after: &str, example: &str) -> Result<String> {
         match self.next() {
             Some(w) if !is_operator(&w) => Ok(w),
-            Some(w) => bail!(
-                "`{after}` must be followed by a value, e.g. `{after} {example}`, not {w:?}"
-            ),
+            Some(w) => {
+                bail!("`{after}` must be followed by a value, e.g. `{after} {example}`, not {w:?}")
+            }
             None => bail!("`{after}` needs a value, e.g. `{after} {example}`"),
         }
     }
@@ -248,7 +245,10 @@ impl Parser<'_> {
 
     fn term(&mut self) -> Result<Vec<Insn>> {
         match self.peek() {
-            None => bail!("filter {:?} ends too early: a primitive is missing", self.expr),
+            None => bail!(
+                "filter {:?} ends too early: a primitive is missing",
+                self.expr
+            ),
             Some("not" | "!") => {
                 self.next();
                 let mut code = self.term()?;
@@ -272,9 +272,9 @@ impl Parser<'_> {
         let first = self.next().unwrap_or_default();
         let w = first.as_str();
         // A bare value after and/or repeats the previous primitive's keywords.
-        let range = w.split_once('-').is_some_and(|(a, b)| {
-            a.parse::<u16>().is_ok() && b.parse::<u16>().is_ok()
-        });
+        let range = w
+            .split_once('-')
+            .is_some_and(|(a, b)| a.parse::<u16>().is_ok() && b.parse::<u16>().is_ok());
         if w.parse::<IpAddr>().is_ok() || w.contains('/') || w.parse::<u32>().is_ok() || range {
             let Some(q) = self.last else {
                 bail!(
@@ -438,7 +438,11 @@ impl Parser<'_> {
                     bail!(
                         "{v:?} is an IPv{} address: it cannot follow `{}`",
                         if family { 4 } else { 6 },
-                        if q.kinds == K_IP6 { "ip6" } else { "ip/arp/rarp" }
+                        if q.kinds == K_IP6 {
+                            "ip6"
+                        } else {
+                            "ip/arp/rarp"
+                        }
                     );
                 }
                 let mut i = Insn {
@@ -471,11 +475,7 @@ impl Parser<'_> {
                 if q.proto == 0 {
                     Ok(vec![i])
                 } else {
-                    Ok(vec![
-                        proto(K_IP | K_IP6, q.proto),
-                        i,
-                        insn(OP_AND),
-                    ])
+                    Ok(vec![proto(K_IP | K_IP6, q.proto), i, insn(OP_AND)])
                 }
             }
         }
@@ -520,15 +520,18 @@ impl Parser<'_> {
         };
         let (a, m) = words(addr, len);
         if (0..4).any(|i| a[i] & !m[i] != 0) {
-            bail!("non-network bits set in {v:?} (tcpdump refuses it too): write the network address");
+            bail!(
+                "non-network bits set in {v:?} (tcpdump refuses it too): write the network address"
+            );
         }
         Ok((addr, len, addr.is_ipv4()))
     }
 }
 
 fn port(v: &str) -> Result<u16> {
-    v.parse()
-        .map_err(|_| anyhow!("{v:?} is not a port number (0-65535; service names are not resolved)"))
+    v.parse().map_err(|_| {
+        anyhow!("{v:?} is not a port number (0-65535; service names are not resolved)")
+    })
 }
 
 /// An address and a prefix length as the four words [`Insn`] holds (network-order bytes read as
@@ -640,4 +643,129 @@ pub fn packet_of_frame(frame: &[u8]) -> Packet {
 /// the fields [`packet_of_frame`] extracts; the namespace/interface restrictions are ignored.)
 pub fn matches_frame(f: &Filter, frame: &[u8]) -> bool {
     tracer_common::program::eval(&f.prog, f.len, &packet_of_frame(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_matches_everything() {
+        assert_eq!(parse("").unwrap(), Filter::default());
+        assert_eq!(parse("   ").unwrap().len, 0);
+        let f = parse("").unwrap();
+        assert!(matches_frame(&f, &[0u8; 60]));
+    }
+
+    #[test]
+    fn postfix_order_and_precedence_like_tcpdump() {
+        // `and` and `or` have equal precedence, left to right: (udp or icmp) and port 80.
+        let ops: Vec<u8> = parse("udp or icmp and port 80").unwrap().prog[..5]
+            .iter()
+            .map(|i| i.op)
+            .collect();
+        assert_eq!(ops, [OP_PROTO, OP_PROTO, OP_OR, OP_PORT, OP_AND]);
+        let ops: Vec<u8> = parse("not udp and (tcp or !icmp)").unwrap().prog[..7]
+            .iter()
+            .map(|i| i.op)
+            .collect();
+        assert_eq!(
+            ops,
+            [OP_PROTO, OP_NOT, OP_PROTO, OP_PROTO, OP_NOT, OP_OR, OP_AND]
+        );
+    }
+
+    #[test]
+    fn values_are_compiled_in_network_order() {
+        let f = parse("src net 10.1.0.0/16").unwrap();
+        let i = f.prog[0];
+        assert_eq!(
+            (i.op, i.dir, i.kinds),
+            (OP_HOST, DIR_SRC, K_IP | K_ARP | K_RARP)
+        );
+        assert_eq!(i.addr[0].to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!(i.mask[0].to_ne_bytes(), [255, 255, 0, 0]);
+        let i = parse("dst net 192.168.0.0 mask 255.255.255.0")
+            .unwrap()
+            .prog[0];
+        assert_eq!(i.mask[0].to_ne_bytes(), [255, 255, 255, 0]);
+        let i = parse("ip6 host fd00::1").unwrap().prog[0];
+        assert_eq!((i.kinds, i.mask), (K_IP6, [u32::MAX; 4]));
+        let i = parse("portrange 5000-1000").unwrap().prog[0];
+        assert_eq!((i.op, i.lo, i.hi, i.dir), (OP_PORT, 1000, 5000, DIR_EITHER));
+        let f = parse("tcp dst port 80").unwrap();
+        assert_eq!(f.len, 3);
+        assert_eq!((f.prog[0].op, f.prog[0].proto), (OP_PROTO, IPPROTO_TCP));
+        assert_eq!(f.prog[1].dir, DIR_DST);
+    }
+
+    #[test]
+    fn a_bare_value_repeats_the_previous_keywords() {
+        let f = parse("src port 53 or 80").unwrap();
+        assert_eq!(f.len, 3);
+        assert_eq!(
+            (f.prog[1].op, f.prog[1].dir, f.prog[1].lo),
+            (OP_PORT, DIR_SRC, 80)
+        );
+    }
+
+    #[test]
+    fn too_long_filters_are_refused_before_loading() {
+        let group = |n: usize| {
+            (1..=n)
+                .map(|i| format!("(host 10.0.0.{i} and not port {i})"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        assert_eq!(parse(&group(13)).unwrap().len as usize, MAX_INSNS);
+        let err = parse(&group(14)).unwrap_err().to_string();
+        assert!(err.contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn malformed_filters_say_why() {
+        for (bad, needle) in [
+            ("udp or", "nothing after `or`"),
+            ("(udp", "without its `)`"),
+            ("udp)", "has no `(`"),
+            ("udp tcp", "joined with `and` or `or`"),
+            ("port", "needs a value"),
+            ("port and udp", "must be followed by a value"),
+            ("port http", "not a port number"),
+            ("port 70000", "not a port number"),
+            ("portrange 10", "two ports joined by `-`"),
+            ("host example.com", "not an IPv4 or IPv6 address"),
+            ("net 10.0.0.1/8", "non-network bits"),
+            ("net 10.0.0.0", "needs a prefix length"),
+            ("net 10.0.0.0 mask 255.0.255.0", "not contiguous"),
+            ("net 10.0.0.0/33", "not a prefix length"),
+            ("ip6 host 10.0.0.1", "cannot follow"),
+            ("tcp host 10.0.0.1", "cannot follow a transport protocol"),
+            ("arp port 53", "ARP has no ports"),
+            ("src color 3", "cannot follow here"),
+            ("banana", "unknown filter word \"banana\""),
+            (
+                "ether host 02:00:00:00:00:01",
+                "unknown filter word \"ether\"",
+            ),
+            ("ip[9] = 17", "unknown filter word \"ip[9]\""),
+            ("less 100", "unknown filter word \"less\""),
+            ("53", "alone is not a primitive"),
+            ("proto banana", "not a protocol"),
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
+        // Unknown words list what is supported.
+        assert!(parse("vlan").unwrap_err().to_string().contains("portrange"));
+    }
+
+    #[test]
+    fn command_line_restrictions() {
+        let mut f = parse("udp").unwrap();
+        restrict(&mut f, Some(4026531840), Some(1));
+        assert_eq!(f.flags, F_NETNS | F_IFINDEX);
+        assert_eq!((f.netns, f.ifindex), (4026531840, 1));
+        assert_eq!(f.len, 1);
+    }
 }

@@ -62,7 +62,11 @@ fn every_expression_decides_like_tcpdump_on_every_packet() {
     let mut decisions = 0;
     let mut vacuous = Vec::new();
     for &(expr, tcpdump_expr) in filter_cases::EXPRESSIONS {
-        let tcpdump_expr = if tcpdump_expr.is_empty() { expr } else { tcpdump_expr };
+        let tcpdump_expr = if tcpdump_expr.is_empty() {
+            expr
+        } else {
+            tcpdump_expr
+        };
         let filter = tracer::filter::parse(expr).unwrap_or_else(|e| panic!("{expr:?}: {e}"));
         let want = tcpdump_matches(&pcap, tcpdump_expr);
         let got: BTreeSet<usize> = frames

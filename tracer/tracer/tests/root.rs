@@ -785,10 +785,8 @@ fn varied_traffic(a: &Netns) {
             }
         }
         for dst in ["10.9.0.2:80", "[fd09::2]:443"] {
-            let _ = std::net::TcpStream::connect_timeout(
-                &dst.parse().unwrap(),
-                Duration::from_secs(1),
-            );
+            let _ =
+                std::net::TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(1));
         }
     });
     a.sh("ping -c1 -W1 10.9.0.2 >/dev/null; ping -6 -c1 -W1 fd09::2 >/dev/null; true");
@@ -815,7 +813,8 @@ fn the_kernel_filter_decides_like_tcpdump() {
         b.sh("ip link set lo up && ip addr add 10.9.0.2/24 dev tf-b && \
               ip addr add fd09::2/64 dev tf-b nodad && ip link set tf-b up");
         let ours = ["10.9.0.1", "10.9.0.2", "fd09::1", "fd09::2"];
-        let in_universe = |k: &String| k == "other" || ours.iter().any(|a| k.split(' ').any(|w| w == *a));
+        let in_universe =
+            |k: &String| k == "other" || ours.iter().any(|a| k.split(' ').any(|w| w == *a));
         let dir = std::env::temp_dir().join(format!("tracer-kfilter-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ino = inode_arg(&a);
@@ -856,7 +855,12 @@ fn the_kernel_filter_decides_like_tcpdump() {
             let mut byte = [0u8; 1];
             while !String::from_utf8_lossy(&seen).contains("listening on") {
                 use std::io::Read as _;
-                assert_eq!(err.read(&mut byte).unwrap(), 1, "tcpdump: {}", String::from_utf8_lossy(&seen));
+                assert_eq!(
+                    err.read(&mut byte).unwrap(),
+                    1,
+                    "tcpdump: {}",
+                    String::from_utf8_lossy(&seen)
+                );
                 seen.push(byte[0]);
             }
             let t = Tracer::start(&["path", "--netns", &ino, "--duration", "3", expr]);
@@ -866,23 +870,32 @@ fn the_kernel_filter_decides_like_tcpdump() {
             unsafe { libc::kill(dump.id() as i32, libc::SIGINT) };
             dump.wait().unwrap();
 
-            let got: std::collections::BTreeSet<String> =
-                events.iter().map(key_of_event).filter(in_universe).collect();
+            let got: std::collections::BTreeSet<String> = events
+                .iter()
+                .map(key_of_event)
+                .filter(in_universe)
+                .collect();
             let out = Command::new("tcpdump")
                 .args(["-r"])
                 .arg(&pcap)
                 .args(["-w", "-", expr])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let mut r = pcap_file::pcap::PcapReader::new(&out.stdout[..]).unwrap();
             let mut want = std::collections::BTreeSet::new();
             while let Some(pkt) = r.next_packet() {
                 want.insert(key_of_frame(&pkt.unwrap().data));
             }
-            let want: std::collections::BTreeSet<String> = want.into_iter().filter(in_universe).collect();
+            let want: std::collections::BTreeSet<String> =
+                want.into_iter().filter(in_universe).collect();
             let mut all = std::collections::BTreeSet::new();
-            let mut r = pcap_file::pcap::PcapReader::new(std::fs::File::open(&pcap).unwrap()).unwrap();
+            let mut r =
+                pcap_file::pcap::PcapReader::new(std::fs::File::open(&pcap).unwrap()).unwrap();
             while let Some(pkt) = r.next_packet() {
                 all.insert(key_of_frame(&pkt.unwrap().data));
             }
@@ -891,7 +904,10 @@ fn the_kernel_filter_decides_like_tcpdump() {
                 !want.is_empty() && want.len() < all.len(),
                 "{expr:?} must match some but not all of the traffic: {want:?} of {all:?}"
             );
-            assert_eq!(got, want, "{expr:?}: tracer (left) vs tcpdump (right); stderr: {stderr}");
+            assert_eq!(
+                got, want,
+                "{expr:?}: tracer (left) vs tcpdump (right); stderr: {stderr}"
+            );
             eprintln!(
                 "{expr:?}: {} of {} flows, {} events, as tcpdump",
                 want.len(),

@@ -207,7 +207,14 @@ pub fn frames() -> Vec<Vec<u8>> {
     out.push(arp(0x8035, 3, V4[0], V4[1]));
     // pwru's README example, and the story's lost answer.
     out.push(ipv4(V4[0], V4[5], 6, 0, false, &l4_header(6, 34320, 80)));
-    out.push(ipv4(V4[4], V4[0], 17, 0, false, &l4_header(17, 4000, 34320)));
+    out.push(ipv4(
+        V4[4],
+        V4[0],
+        17,
+        0,
+        false,
+        &l4_header(17, 4000, 34320),
+    ));
     out.push(ethernet(0x88cc, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]));
     out.push(ethernet(0x9000, &[0; 46]));
     out
