@@ -91,17 +91,6 @@ impl Default for Slot {
 /// The skb dies at this tracepoint (kfree_skb, consume_skb): stop tracking its address.
 pub const SLOT_FREES_SKB: u8 = 1;
 
-/// An IPv4 or IPv6 address as 16 bytes. IPv4 uses the first 4 bytes, the rest are zero.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Addr {
-    /// 4 or 6; 0 = no address.
-    pub family: u8,
-    pub _pad: [u8; 3],
-    /// Network byte order, as on the wire.
-    pub bytes: [u8; 16],
-}
-
 /// Filter flag: only this netns inode ([`Filter::netns`]).
 pub const F_NETNS: u32 = 1 << 0;
 /// Filter flag: only this interface index ([`Filter::ifindex`]).
