@@ -584,12 +584,13 @@ fn explain_near_miss(env: &[(&str, &str)]) {
 fn a_malformed_filter_fails_before_loading() {
     // No root needed: the filter is checked before anything touches the kernel.
     let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["drops", "udp", "or", "tcp"])
+        .args(["drops", "udp", "or", "ether", "host", "02:00:00:00:00:01"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`or` is not supported"), "{err}");
+    assert!(err.contains("unknown filter word \"ether\""), "{err}");
+    assert!(err.contains("supported: and/&&, or/||"), "{err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
 }
 
