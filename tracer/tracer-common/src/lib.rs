@@ -11,6 +11,10 @@
 //!   them cost nothing and dead branches are removed.
 //! - [`Event`], written by the kernel side for every skb that passed the filter.
 #![no_std]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+pub mod program;
+pub use program::{Insn, Packet, MAX_INSNS};
 
 /// How many tracepoints one program object can be attached to. Each "slot" is an identical copy
 /// of the same eBPF function (a program is loaded for exactly one attach target, so N targets need
@@ -87,55 +91,41 @@ impl Default for Slot {
 /// The skb dies at this tracepoint (kfree_skb, consume_skb): stop tracking its address.
 pub const SLOT_FREES_SKB: u8 = 1;
 
-/// An IPv4 or IPv6 address as 16 bytes. IPv4 uses the first 4 bytes, the rest are zero.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Addr {
-    /// 4 or 6; 0 = no address.
-    pub family: u8,
-    pub _pad: [u8; 3],
-    /// Network byte order, as on the wire.
-    pub bytes: [u8; 16],
-}
-
 /// Filter flag: only this netns inode ([`Filter::netns`]).
 pub const F_NETNS: u32 = 1 << 0;
 /// Filter flag: only this interface index ([`Filter::ifindex`]).
 pub const F_IFINDEX: u32 = 1 << 1;
-/// Filter flag: `src host` ([`Filter::src_addr`]).
-pub const F_SRC_HOST: u32 = 1 << 2;
-/// Filter flag: `dst host` ([`Filter::dst_addr`]).
-pub const F_DST_HOST: u32 = 1 << 3;
-/// Filter flag: `host` — source or destination ([`Filter::host_addr`]).
-pub const F_HOST: u32 = 1 << 4;
-/// Filter flag: `src port` ([`Filter::src_port`]).
-pub const F_SRC_PORT: u32 = 1 << 5;
-/// Filter flag: `dst port` ([`Filter::dst_port`]).
-pub const F_DST_PORT: u32 = 1 << 6;
-/// Filter flag: `port` — source or destination ([`Filter::port`]).
-pub const F_PORT: u32 = 1 << 7;
-
-/// The packet filter, evaluated in the kernel before anything is sent to userspace.
-/// It is a conjunction: an skb matches when every set part matches.
+/// The packet filter, evaluated in the kernel before anything is sent to userspace: the
+/// namespace and interface restrictions of the command line, then the compiled pcap-filter
+/// expression ([`program`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
-    /// Which of the fields below are set (`F_*` bits).
+    /// Which of `netns`/`ifindex` are set (`F_*` bits).
     pub flags: u32,
     pub netns: u32,
     pub ifindex: u32,
-    /// 4 (`ip`), 6 (`ip6`) or 0 (any).
-    pub l3: u8,
-    /// IP protocol number (17 `udp`, 6 `tcp`, 1 `icmp`, 58 `icmp6`) or 0 (any).
-    pub l4: u8,
-    pub _pad: [u8; 2],
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub port: u16,
-    pub _pad2: u16,
-    pub src_addr: Addr,
-    pub dst_addr: Addr,
-    pub host_addr: Addr,
+    /// How many instructions of `prog` are used; 0 = the empty expression, which matches all.
+    pub len: u32,
+    /// The expression in postfix form (see [`program`]).
+    pub prog: [Insn; MAX_INSNS],
+}
+
+impl Filter {
+    /// Matches every skb.
+    pub const ZERO: Filter = Filter {
+        flags: 0,
+        netns: 0,
+        ifindex: 0,
+        len: 0,
+        prog: [Insn::ZERO; MAX_INSNS],
+    };
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter::ZERO
+    }
 }
 
 /// Everything the eBPF program needs to know, fixed at load time (global `CONFIG`).
@@ -170,33 +160,7 @@ impl Config {
             sk_net: 0,
             net_inum: 0,
         },
-        filter: Filter {
-            flags: 0,
-            netns: 0,
-            ifindex: 0,
-            l3: 0,
-            l4: 0,
-            _pad: [0; 2],
-            src_port: 0,
-            dst_port: 0,
-            port: 0,
-            _pad2: 0,
-            src_addr: Addr {
-                family: 0,
-                _pad: [0; 3],
-                bytes: [0; 16],
-            },
-            dst_addr: Addr {
-                family: 0,
-                _pad: [0; 3],
-                bytes: [0; 16],
-            },
-            host_addr: Addr {
-                family: 0,
-                _pad: [0; 3],
-                bytes: [0; 16],
-            },
-        },
+        filter: Filter::ZERO,
         consumed_reason: u32::MAX,
         track_skb: 0,
         _pad: [0; 3],
@@ -256,7 +220,7 @@ pub const LOST_INDEX: u32 = 0;
 
 // The layouts are part of the contract between both sides: a size change must be deliberate.
 const _: () = assert!(core::mem::size_of::<Event>() == 112);
-const _: () = assert!(core::mem::size_of::<Config>() == 396);
+const _: () = assert!(core::mem::size_of::<Config>() == 312 + 16 + 40 * MAX_INSNS);
 
 #[cfg(feature = "user")]
 mod user {

@@ -33,8 +33,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    Addr, Config, Event, F_DST_HOST, F_DST_PORT, F_HOST, F_IFINDEX, F_NETNS, F_PORT, F_SRC_HOST,
-    F_SRC_PORT, LOST_INDEX, MAX_SLOTS, NO_ARG, SLOT_FREES_SKB,
+    program::{self, IPPROTO_FRAGMENT, K_ARP, K_IP, K_IP6, K_RARP},
+    Config, Event, Packet, F_IFINDEX, F_NETNS, LOST_INDEX, MAX_SLOTS, NO_ARG, SLOT_FREES_SKB,
 };
 
 /// Load-time configuration, filled in by userspace with `EbpfLoader::override_global("CONFIG", …)`.
@@ -274,9 +274,10 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     if !tracked && !matches_device(ev) {
         return 0;
     }
-    read_tuple(skb, ev);
+    let mut pkt = Packet::default();
+    read_tuple(skb, ev, &mut pkt);
     if !tracked {
-        if !matches_tuple(ev) {
+        if !matches_tuple(&pkt) {
             return 0;
         }
         if track && !frees {
@@ -360,15 +361,10 @@ fn put_u64(field: &mut [u8; 16], at: usize, v: u64) {
     unsafe { core::ptr::write((field.as_mut_ptr().add(at)) as *mut u64, v) }
 }
 
+/// Finds the IP (or ARP) header and fills the tuple (addresses, protocol, ports or ICMP
+/// type/code) of the event, and what the filter program needs to know of the packet.
 #[inline(always)]
-fn get_u64(field: &[u8; 16], at: usize) -> u64 {
-    // SAFETY: as in `put_u64`.
-    unsafe { core::ptr::read((field.as_ptr().add(at)) as *const u64) }
-}
-
-/// Finds the IP header and fills the tuple (addresses, protocol, ports or ICMP type/code).
-#[inline(always)]
-fn read_tuple(skb: u64, ev: &mut Event) {
+fn read_tuple(skb: u64, ev: &mut Event, pkt: &mut Packet) {
     let head: u64 = field(skb, config!(offsets.skb_head));
     if head == 0 {
         return;
@@ -399,6 +395,10 @@ fn read_tuple(skb: u64, ev: &mut Event) {
         let b1 = w[1].to_le_bytes();
         ev.l3 = 4;
         ev.l4 = b1[1];
+        pkt.kind = K_IP;
+        pkt.proto = b1[1];
+        pkt.saddr[0] = (w[1] >> 32) as u32;
+        pkt.daddr[0] = w[2] as u32;
         put_u64(&mut ev.saddr, 0, w[1] >> 32); // bytes 4..8 of the second word
         put_u64(&mut ev.daddr, 0, w[2] & 0xffff_ffff);
         if u16::from_be_bytes([b0[6], b0[7]]) & 0x1fff != 0 {
@@ -408,21 +408,50 @@ fn read_tuple(skb: u64, ev: &mut Event) {
     } else if (ethertype == 0x86dd || ethertype == 0) && version == 6 {
         // [ver/class/flow len next-header hop-limit] [src] [src] [dst] [dst]
         ev.l3 = 6;
-        // Extension headers are not followed: the tuple stays without ports then.
+        // Extension headers are not followed (neither does tcpdump's `port`): the tuple stays
+        // without ports then. A fragment header's next header is read for `udp`/`proto N`.
         ev.l4 = b0[6];
+        pkt.kind = K_IP6;
+        pkt.proto = b0[6];
+        let words = [w[1], w[2], w[3], w[4]];
+        pkt.saddr = [
+            words[0] as u32,
+            (words[0] >> 32) as u32,
+            words[1] as u32,
+            (words[1] >> 32) as u32,
+        ];
+        pkt.daddr = [
+            words[2] as u32,
+            (words[2] >> 32) as u32,
+            words[3] as u32,
+            (words[3] >> 32) as u32,
+        ];
         put_u64(&mut ev.saddr, 0, w[1]);
         put_u64(&mut ev.saddr, 8, w[2]);
         put_u64(&mut ev.daddr, 0, w[3]);
         put_u64(&mut ev.daddr, 8, w[4]);
+        if b0[6] == IPPROTO_FRAGMENT {
+            pkt.inner = read::<u8>(ip + 40, 0);
+            return;
+        }
         ip + 40
+    } else if ethertype == 0x0806 || ethertype == 0x8035 {
+        // ARP/RARP: [htype ptype hlen plen oper sha(6)] [spa(4) at 14] [tha(6)] [tpa(4) at 24]
+        pkt.kind = if ethertype == 0x0806 { K_ARP } else { K_RARP };
+        pkt.saddr[0] = (w[1] >> 48) as u32 | ((w[2] as u32) << 16);
+        pkt.daddr[0] = w[3] as u32;
+        return;
     } else {
         return;
     };
     let l4 = read::<u32>(l4_at, 0).to_ne_bytes();
     match ev.l4 {
-        6 | 17 => {
+        6 | 17 | 132 => {
             ev.sport = u16::from_be_bytes([l4[0], l4[1]]);
             ev.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            pkt.sport = ev.sport;
+            pkt.dport = ev.dport;
+            pkt.ports_ok = 1;
         }
         1 | 58 => {
             ev.icmp_type = l4[0];
@@ -445,69 +474,11 @@ fn matches_device(ev: &Event) -> bool {
     true
 }
 
-/// The in-kernel filter, second part: protocol, addresses, ports. Every part that is set must
-/// match.
+/// The in-kernel filter, second part: the compiled pcap-filter expression, run by the very
+/// function the userspace tests check against tcpdump ([`program::eval`]).
 #[inline(always)]
-fn matches_tuple(ev: &Event) -> bool {
-    let flags = config!(filter.flags);
-    let l3 = config!(filter.l3);
-    if l3 != 0 && ev.l3 != l3 {
-        return false;
-    }
-    let l4 = config!(filter.l4);
-    if l4 != 0 && ev.l4 != l4 {
-        return false;
-    }
-    if flags & F_SRC_HOST != 0 && !addr_eq(ev, &ev.saddr, &CONFIG.filter.src_addr) {
-        return false;
-    }
-    if flags & F_DST_HOST != 0 && !addr_eq(ev, &ev.daddr, &CONFIG.filter.dst_addr) {
-        return false;
-    }
-    if flags & F_HOST != 0
-        && !addr_eq(ev, &ev.saddr, &CONFIG.filter.host_addr)
-        && !addr_eq(ev, &ev.daddr, &CONFIG.filter.host_addr)
-    {
-        return false;
-    }
-    let has_ports = ev.l4 == 6 || ev.l4 == 17;
-    if flags & (F_SRC_PORT | F_DST_PORT | F_PORT) != 0 && !has_ports {
-        return false;
-    }
-    if flags & F_SRC_PORT != 0 && ev.sport != config!(filter.src_port) {
-        return false;
-    }
-    if flags & F_DST_PORT != 0 && ev.dport != config!(filter.dst_port) {
-        return false;
-    }
-    if flags & F_PORT != 0 {
-        let port = config!(filter.port);
-        if ev.sport != port && ev.dport != port {
-            return false;
-        }
-    }
-    true
-}
-
-/// Compares an event address with a filter address (in `CONFIG`) as two 8-byte words.
-#[inline(always)]
-fn addr_eq(ev: &Event, got: &[u8; 16], want: &'static Addr) -> bool {
-    // SAFETY: a read through a valid reference; volatile only so that the compiler does not
-    // use the zeroes it sees in the object file (see `config!`).
-    let family = unsafe { core::ptr::read_volatile(&want.family) };
-    // SAFETY: `bytes` is at offset 4 of `Addr`: read it as four volatile u32 words.
-    let w = want.bytes.as_ptr() as *const u32;
-    let (a, b, c, d) = unsafe {
-        (
-            core::ptr::read_volatile(w),
-            core::ptr::read_volatile(w.add(1)),
-            core::ptr::read_volatile(w.add(2)),
-            core::ptr::read_volatile(w.add(3)),
-        )
-    };
-    ev.l3 == family
-        && get_u64(got, 0) == ((b as u64) << 32 | a as u64)
-        && get_u64(got, 8) == ((d as u64) << 32 | c as u64)
+fn matches_tuple(pkt: &Packet) -> bool {
+    program::eval(&CONFIG.filter.prog, config!(filter.len), pkt)
 }
 
 #[cfg(not(test))]

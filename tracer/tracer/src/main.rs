@@ -46,8 +46,12 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// Filter, e.g. `udp and port 4000`, `src host 172.18.0.1 and dst port 34320`, `ip6 and udp`.
-    /// Primitives: udp tcp icmp icmp6 ip ip6, [src|dst] host ADDR, [src|dst] port N; `and` only.
+    /// pcap-filter expression (tcpdump syntax), evaluated in the kernel, e.g. `udp and port 4000`,
+    /// `host 10.0.0.1 and (tcp or icmp)`, `not port 53`, `net 172.18.0.0/16`, `portrange 1000-2000`.
+    /// Supported: and/&&, or/|| (equal precedence, left to right, as in tcpdump), not/!, ( ),
+    /// ip ip6 arp rarp tcp udp sctp icmp icmp6 igmp, [ip|ip6] proto N,
+    /// [ip|ip6|arp] [src|dst] host ADDR, [src|dst] net ADDR/LEN (or ADDR mask M),
+    /// [tcp|udp|sctp] [src|dst] port N, [src|dst] portrange N-M. Anything else is refused before loading.
     #[arg(default_value = "", num_args = 0..)]
     filter: Vec<String>,
     /// Only skbs in this network namespace (inode, as in `ls -lL /proc/PID/ns/net`).
