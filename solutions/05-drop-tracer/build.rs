@@ -15,6 +15,15 @@ fn main() -> anyhow::Result<()> {
     // aya-build runs `cargo build --package <name>` in the current directory: run it in `ebpf/`,
     // which is a workspace of its own (the course's workspace excludes it).
     std::env::set_current_dir(ebpf_dir).with_context(|| format!("cannot enter {ebpf_dir}"))?;
+    // The eBPF crate also compiles `tracer-common` (the `Config` and `Event` both sides
+    // share), which lives outside it: rebuild the object when that changes too, or the
+    // object's `CONFIG` no longer has the size userspace writes into it.
+    println!(
+        "cargo:rerun-if-changed={}",
+        std::path::Path::new(&manifest_dir)
+            .join("../../tracer/tracer-common")
+            .display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: &name,

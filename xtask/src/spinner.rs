@@ -7,6 +7,8 @@
 //! progress bar ([indicatif](https://docs.rs/indicatif)); everything else is kept,
 //! and its last lines are printed only if the step fails.
 //!
+//! Progress is not a result: like cargo's, it goes to stderr, so a command's stdout
+//! (what `cargo xtask book` captures) is the same whether or not something was built.
 //! The caller says first what starts, in one line, with an estimate of how long it
 //! takes. On a terminal the bar then redraws itself in place, below that line.
 //! Anywhere else (a CI log, a pipe, a file) nothing is redrawn: the step's end is one
@@ -69,7 +71,7 @@ impl LongStep {
     ) -> Self {
         // A log gets no redraws: only the caller's start line and our end line.
         let target = if style::interactive() {
-            ProgressDrawTarget::stdout()
+            ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
         };
@@ -105,7 +107,7 @@ impl LongStep {
     /// A line of its own above the bar (or, in a log, just a line).
     pub fn note(&self, text: &str) {
         if self.bar.is_hidden() {
-            println!("{text}");
+            eprintln!("{text}");
         } else {
             self.bar.println(text);
         }
@@ -131,7 +133,7 @@ impl LongStep {
         } else {
             style::red("FAILED")
         };
-        println!(
+        eprintln!(
             "{} {}: {outcome} in {took}{counted}",
             style::bold(self.speaker),
             self.label
