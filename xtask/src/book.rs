@@ -85,6 +85,10 @@ pub struct Output {
     /// same command share one run.
     #[serde(default)]
     pub section: Option<String>,
+    /// The command must succeed (`check N --solution`): a failing run is an error, never
+    /// a capture, so a broken build cannot slip into the book as its "success" output.
+    #[serde(default)]
+    pub must_pass: bool,
 }
 
 impl Output {
@@ -438,6 +442,13 @@ pub fn capture(root: &Path, output: &Output) -> Result<String> {
         }
     }
     let out = result.with_context(|| format!("cannot run `{}`", output.command))?;
+    if output.must_pass && !out.status.success() {
+        bail!(
+            "`{}` must succeed but failed ({}): fix that first, then refresh",
+            output.command,
+            out.status
+        );
+    }
     let text = relativize(&String::from_utf8_lossy(&out.stdout), root);
     if text.trim().is_empty() {
         bail!("`{}` printed nothing (exit {})", output.command, out.status);
