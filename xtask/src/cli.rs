@@ -53,6 +53,8 @@ pub enum Command {
     Test(TimeoutArg),
     /// Time the world's up+down and a full `check --all --solution`.
     Bench(TimeoutArg),
+    /// For course authors (root, slow): every suite on Debian's 6.1, 6.12 and 7.2 kernels in QEMU.
+    Kernels(crate::kernels::KernelsArgs),
     /// (Internal, run by `check --sudo` as root.) Run PROGRAM in its own process group
     /// and kill the group when standard input closes (the runner finished or died).
     #[command(hide = true)]

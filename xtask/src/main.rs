@@ -21,6 +21,7 @@ mod ci;
 mod cli;
 mod devcheck;
 mod doctor;
+mod kernels;
 mod outcome;
 mod proc;
 mod progress;
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::DevCheck(timeout) => devcheck::dev_check(&root, &course, timeout.duration()),
         Cmd::Test(timeout) => ci::test(&root, &course, timeout.duration()),
         Cmd::Bench(timeout) => bench::bench(&root, &course, timeout.duration()),
+        Cmd::Kernels(args) => kernels::kernels(&root, &course, &args),
         Cmd::Lifeline { program } => proc::lifeline(&program),
     }
 }
