@@ -55,3 +55,45 @@ pub fn print_failures(row: &KernelRun) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::suites::{Outcome, Plan, Suite};
+    use super::*;
+
+    #[test]
+    fn a_failure_and_a_missing_suite_show_in_the_table() {
+        let plan = Plan {
+            skips_fail: true,
+            timeout: 60,
+            suites: ["tracer", "checks"]
+                .map(|name| Suite {
+                    name: name.into(),
+                    runs: vec![],
+                })
+                .to_vec(),
+        };
+        let row = KernelRun {
+            kernel: "7.2".into(),
+            release: "7.2.13+deb14-amd64".into(),
+            boot: Duration::from_millis(5900),
+            total: Duration::from_secs(81),
+            outcomes: vec![Outcome {
+                name: "tracer".into(),
+                passed: 11,
+                failed: 1,
+                skipped: 0,
+                seconds: 70.2,
+                failures: vec!["root x: boom".into()],
+            }],
+            error: None,
+        };
+        let table = render(&[row], &plan);
+        let line = table.lines().nth(1).unwrap();
+        assert!(line.contains("11/12 FAIL 70s"), "{table}");
+        assert!(line.trim_end().ends_with("81s"), "{table}");
+        assert!(line.contains(" - "), "checks did not run: {table}");
+    }
+}
