@@ -125,6 +125,52 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A private apt configuration for `suite` under `cache/apt/<suite>`, updated.
+fn private_apt(cache: &Path, suite: &str) -> Result<PathBuf> {
+    let apt_dir = cache.join("apt").join(suite);
+    std::fs::create_dir_all(apt_dir.join("lists/partial"))?;
+    std::fs::create_dir_all(apt_dir.join("cache/archives/partial"))?;
+    std::fs::write(
+        apt_dir.join("sources.list"),
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"
+        ),
+    )?;
+    eprintln!(
+        "kernels: apt-get update for {suite} (private lists in {})",
+        apt_dir.display()
+    );
+    let mut update = apt("apt-get", &apt_dir);
+    update.arg("update");
+    run(update, "apt-get update")?;
+    Ok(apt_dir)
+}
+
+/// pwru, the article's own tool, from Debian trixie (`pwru` 1.0.x), unpacked under
+/// `cache/tools/pwru` (never installed). It runs with the host's libc and libpcap.
+pub fn fetch_pwru(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("tools/pwru");
+    let binary = dir.join("usr/bin/pwru");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let apt_dir = private_apt(cache, "trixie")?;
+    let debs = cache.join("tools/debs");
+    std::fs::create_dir_all(&debs)?;
+    let mut download = apt("apt-get", &apt_dir);
+    download.current_dir(&debs).args(["download", "pwru"]);
+    run(download, "apt-get download pwru")?;
+    for deb in std::fs::read_dir(&debs)? {
+        let mut x = Command::new("dpkg-deb");
+        x.arg("-x").arg(deb?.path()).arg(&dir);
+        run(x, "dpkg-deb -x")?;
+    }
+    if !binary.is_file() {
+        bail!("the pwru package has no usr/bin/pwru");
+    }
+    Ok(binary)
+}
+
 /// Downloads and unpacks `spec` under `cache` (once: a `release` file marks it done).
 pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
     let dir = cache.join(spec.name);
@@ -138,24 +184,7 @@ pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
             bail!("{tool} is missing: `cargo xtask setup --kernels` installs the kernel matrix's tools (kmod, qemu-system-x86, busybox-static, cpio, xz-utils, zstd)");
         }
     }
-    let apt_dir = cache.join("apt").join(spec.suite);
-    std::fs::create_dir_all(apt_dir.join("lists/partial"))?;
-    std::fs::create_dir_all(apt_dir.join("cache/archives/partial"))?;
-    std::fs::write(
-        apt_dir.join("sources.list"),
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {} main\n",
-            spec.suite
-        ),
-    )?;
-    eprintln!(
-        "kernels: apt-get update for {} (private lists in {})",
-        spec.suite,
-        apt_dir.display()
-    );
-    let mut update = apt("apt-get", &apt_dir);
-    update.arg("update");
-    run(update, "apt-get update")?;
+    let apt_dir = private_apt(cache, spec.suite)?;
     let mut names = apt("apt-cache", &apt_dir);
     names.args(["pkgnames", spec.prefix]);
     let names = run(names, "apt-cache pkgnames")?;

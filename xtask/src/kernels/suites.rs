@@ -16,8 +16,35 @@ use crate::check_runner;
 use crate::outcome::Verdict;
 use crate::proc;
 
-/// The suites, in the order they run; `--suite` takes these names.
-pub const SUITES: [&str; 4] = ["tracer", "netlab", "repro", "checks"];
+/// The suites, in the order they run; `--suite` takes these names. Without `--suite`, all
+/// but `pwru` (the article's tool beside the course's tracer on the story: it needs kprobes,
+/// and takes minutes to attach where kprobe-multi is missing, as on 6.1).
+pub const SUITES: [&str; 5] = ["tracer", "netlab", "repro", "checks", "pwru"];
+
+/// The pwru suite: pwru (`--output-tuple`, the story's filter) records while `lab repro`
+/// runs; both outputs go to the guest's log, and it passes when pwru saw the answer dropped
+/// with NO_SOCKET on the same tuple that the tracer's hop table shows.
+const PWRU_SCRIPT: &str = r#"
+pwru="$1"; lab="$2"
+start=$(date +%s.%N)
+"$pwru" --output-tuple --ready-file /tmp/pwru.ready 'udp and port 4000' > /tmp/pwru.out 2> /tmp/pwru.err &
+p=$!
+i=0; while [ ! -e /tmp/pwru.ready ] && [ $i -lt 1200 ]; do sleep 0.5; i=$((i+1)); done
+ready=$(date +%s.%N)
+echo "pwru-compare: pwru attached in $(echo "$ready - $start" | bc) s"
+"$lab" repro > /tmp/repro.out 2>&1
+sleep 2; kill -INT $p; wait $p
+echo "pwru-compare: --- lab repro ---"; cat /tmp/repro.out
+echo "pwru-compare: --- pwru stderr ---"; cat /tmp/pwru.err
+echo "pwru-compare: --- pwru ($(wc -l < /tmp/pwru.out) lines) ---"; head -c 60000 /tmp/pwru.out
+drop=$(grep 'NO_SOCKET' /tmp/pwru.out | head -1)
+tuple=$(echo "$drop" | grep -o '[0-9.]*:[0-9]*->[0-9.]*:[0-9]*' | head -1)
+echo "pwru-compare: pwru's drop: $drop"
+[ -n "$tuple" ] || { echo "pwru-compare: pwru saw no NO_SOCKET drop"; exit 1; }
+src=${tuple%%->*}; dst=${tuple##*->}
+grep -q "$src > $dst" /tmp/repro.out || { echo "pwru-compare: the tracer's hop table has no $src > $dst"; exit 1; }
+echo "pwru-compare: ok ($src > $dst dropped with NO_SOCKET in both)"
+"#;
 
 /// What to run: test binaries (each test in its own process) or one command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +116,7 @@ fn test_executables(root: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
 /// Builds everything `wanted` needs on the host, and returns the plan.
 pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64) -> Result<Plan> {
     let mut suites = Vec::new();
-    let want = |s: &str| wanted.is_empty() || wanted.iter().any(|w| w == s);
+    let want = |s: &str| (wanted.is_empty() && s != "pwru") || wanted.iter().any(|w| w == s);
     if want("tracer") {
         let runs = test_executables(root, &["-p", "tracer", "--test", "root"])?
             .into_iter()
@@ -117,14 +144,7 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
         });
     }
     if want("repro") {
-        let status = proc::cargo()
-            .current_dir(root)
-            .args(["build", "-p", "lab", "--features", "hop-table"])
-            .status()
-            .context("cannot run cargo")?;
-        if !status.success() {
-            bail!("cargo build -p lab --features hop-table failed");
-        }
+        build_lab(root)?;
         suites.push(Suite {
             name: "repro".into(),
             runs: vec![Run::Command {
@@ -135,6 +155,26 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
                 ],
                 cwd: root.to_path_buf(),
                 expect: "NO_SOCKET".into(),
+            }],
+        });
+    }
+    if want("pwru") {
+        build_lab(root)?;
+        let pwru = super::fetch::fetch_pwru(&root.join(".course/kernels"))?;
+        suites.push(Suite {
+            name: "pwru".into(),
+            runs: vec![Run::Command {
+                label: "pwru beside the tracer".into(),
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    PWRU_SCRIPT.into(),
+                    "pwru-compare".into(),
+                    pwru.display().to_string(),
+                    target_dir(root).join("debug/lab").display().to_string(),
+                ],
+                cwd: root.to_path_buf(),
+                expect: "pwru-compare: ok".into(),
             }],
         });
     }
@@ -162,6 +202,19 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
         timeout,
         suites,
     })
+}
+
+/// `lab` with the hop table (what `cargo xtask repro` runs when the eBPF toolchain is there).
+fn build_lab(root: &Path) -> Result<()> {
+    let status = proc::cargo()
+        .current_dir(root)
+        .args(["build", "-p", "lab", "--features", "hop-table"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build -p lab --features hop-table failed");
+    }
+    Ok(())
 }
 
 pub fn target_dir(root: &Path) -> PathBuf {
