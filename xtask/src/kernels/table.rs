@@ -10,7 +10,7 @@ pub fn render(rows: &[KernelRun], plan: &Plan) -> String {
     let mut out = String::new();
     let mut header = format!("{:<8} {:<22} {:>6}", "kernel", "release", "boot");
     for s in &plan.suites {
-        let _ = write!(header, " {:>20}", s.name);
+        let _ = write!(header, " {:>22}", s.name);
     }
     let _ = write!(header, " {:>8}", "total");
     out.push_str(&header);
