@@ -62,6 +62,8 @@ pub struct KernelRun {
     pub total: Duration,
     pub outcomes: Vec<suites::Outcome>,
     pub error: Option<String>,
+    /// `tracer kernel`'s lines in the guest: the kfree_skb prototype, reasons, tp_btf.
+    pub capabilities: String,
 }
 
 /// The script the guest runs after `switch_root`: mounts what a booted system has, runs the
@@ -114,6 +116,7 @@ fn run_kernel(
         total: Duration::ZERO,
         outcomes: Vec::new(),
         error: None,
+        capabilities: String::new(),
     };
     let result = (|| -> Result<()> {
         let kernel = fetch::fetch(cache, spec)?;
@@ -146,6 +149,8 @@ fn run_kernel(
         {
             row.boot = Duration::from_secs_f64(up);
         }
+        row.capabilities =
+            std::fs::read_to_string(results.join("capabilities.txt")).unwrap_or_default();
         let text = std::fs::read_to_string(results.join("results.json")).with_context(|| {
             format!(
                 "the guest wrote no results: see {} and {}",
@@ -209,6 +214,11 @@ pub fn kernels(root: &Path, course: &Course, args: &KernelsArgs) -> Result<ExitC
         let row = run_kernel(&cache, spec, &plan, root);
         table::print_failures(&row);
         rows.push(row);
+    }
+    for row in &rows {
+        for line in row.capabilities.lines() {
+            println!("{:<8} {line}", row.kernel);
+        }
     }
     println!("{}", table::render(&rows, &plan));
     let ok = rows

@@ -89,6 +89,7 @@ mod tests {
                 failures: vec!["root x: boom".into()],
             }],
             error: None,
+            capabilities: String::new(),
         };
         let table = render(&[row], &plan);
         let line = table.lines().nth(1).unwrap();
