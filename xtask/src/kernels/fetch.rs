@@ -236,6 +236,8 @@ pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
     let mut depmod = Command::new("depmod");
     depmod.arg("-b").arg(&tree).arg(&release);
     run(depmod, "depmod")?;
+    // The unpacked tree is all we boot from: the .deb files would double the cache's size.
+    let _ = std::fs::remove_dir_all(&debs);
     std::fs::write(&done, format!("{release}\n"))?;
     located(&tree, &release)
 }
