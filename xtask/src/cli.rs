@@ -55,6 +55,8 @@ pub enum Command {
     Bench(TimeoutArg),
     /// Build the book with the pinned mdBook (installed when missing); --serve, --refresh, --check.
     Book(BookArgs),
+    /// For course authors (root, slow): every suite on Debian's 6.1, 6.12 and 7.2 kernels in QEMU.
+    Kernels(crate::kernels::KernelsArgs),
     /// (Internal, run by `check --sudo` as root.) Run PROGRAM in its own process group
     /// and kill the group when standard input closes (the runner finished or died).
     #[command(hide = true)]

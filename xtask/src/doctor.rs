@@ -14,6 +14,8 @@ use anyhow::Result;
 use crate::proc;
 use crate::style;
 
+mod kernel;
+
 /// How a requirement stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -97,7 +99,10 @@ pub fn examine(root: &Path) -> Vec<Item> {
     ] {
         items.push(tool(name, package, why));
     }
+    items.push(kernel::iptables_backend_item());
     items.push(conntrack_table());
+    items.push(kernel::kprobes());
+    items.extend(kernel::tracer_capabilities(root));
     items.push(nightly());
     items.push(cargo_tool(
         "bpf-linker",

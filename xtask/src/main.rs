@@ -22,6 +22,7 @@ mod ci;
 mod cli;
 mod devcheck;
 mod doctor;
+mod kernels;
 mod outcome;
 mod proc;
 mod progress;
@@ -78,6 +79,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Test(timeout) => ci::test(&root, &course, timeout.duration()),
         Cmd::Bench(timeout) => bench::bench(&root, &course, timeout.duration()),
         Cmd::Book(args) => book::book(&root, &args),
+        Cmd::Kernels(args) => kernels::kernels(&root, &course, &args),
         Cmd::Lifeline { program } => proc::lifeline(&program),
     }
 }

@@ -74,6 +74,11 @@ pub fn setup(root: &Path, args: SetupArgs) -> Result<ExitCode> {
         packages.extend(TRACER_PACKAGES);
         packages.extend(BOOK_PACKAGES);
     }
+    // The kernel matrix's QEMU and friends: only in CI (`cargo xtask kernels` installs them
+    // itself), so that a learner's setup stays fast.
+    if crate::check_runner::in_ci() {
+        packages.extend(crate::kernels::HOST_PACKAGES);
+    }
     ok &= report(apt_install(&packages), "system packages");
     if !args.only_course {
         ok &= report(nightly(), "nightly toolchain");

@@ -312,30 +312,97 @@ pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
 }
 
 /// The drop reasons of this kernel: value → full name (`SKB_DROP_REASON_NO_SOCKET`).
+///
+/// Since Linux 6.4 a reason is split in two: the high 16 bits name a *subsystem*
+/// (`enum skb_drop_reason_subsys`: 0 is the core, then e.g. mac80211 and openvswitch) and the
+/// low 16 bits a code in THAT subsystem's own list. Only the core's list is
+/// `enum skb_drop_reason`; a mac80211 reason `0x10005` must not be looked up there (nor its low
+/// bits: code 5 of mac80211 is not the core's reason 5). [`DropReasons::name`] shows such a
+/// reason as `subsys:<subsystem>/<code>`.
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
     names: HashMap<u32, String>,
+    /// Subsystem number → name without the prefix (`MAC80211_UNUSABLE`), from
+    /// `enum skb_drop_reason_subsys` when the kernel has it (6.4+).
+    subsystems: HashMap<u32, String>,
+    /// `SKB_DROP_REASON_SUBSYS_MASK` from BTF (6.4+), else the kernel's 0xffff0000: before 6.4
+    /// no reason reaches 2^16, so the mask changes nothing there.
+    subsys_mask: u32,
 }
+
+/// The kernel's `SKB_DROP_REASON_SUBSYS_MASK` (include/net/dropreason-core.h, 6.4+).
+pub const DEFAULT_SUBSYS_MASK: u32 = 0xffff_0000;
 
 impl DropReasons {
     /// Builds the table from (value, name) pairs (e.g. a test's own).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u32, &'a str)>) -> DropReasons {
+        let names: HashMap<u32, String> =
+            pairs.into_iter().map(|(v, n)| (v, n.to_string())).collect();
+        let subsys_mask = names
+            .iter()
+            .find(|(_, n)| n.as_str() == "SKB_DROP_REASON_SUBSYS_MASK")
+            .map(|(v, _)| *v)
+            .filter(|m| *m != 0)
+            .unwrap_or(DEFAULT_SUBSYS_MASK);
         DropReasons {
-            names: pairs.into_iter().map(|(v, n)| (v, n.to_string())).collect(),
+            names,
+            subsystems: HashMap::new(),
+            subsys_mask,
         }
     }
 
-    /// The full enumerator name, e.g. `SKB_DROP_REASON_NO_SOCKET`, or `None` if unknown.
+    /// Adds the subsystem names (`enum skb_drop_reason_subsys`, full enumerator names).
+    pub fn with_subsystems<'a>(mut self, pairs: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
+        self.subsystems = pairs
+            .into_iter()
+            .map(|(v, n)| {
+                let short = n.strip_prefix("SKB_DROP_REASON_SUBSYS_").unwrap_or(n);
+                (v, short.to_string())
+            })
+            .collect();
+        self
+    }
+
+    /// The full enumerator name, e.g. `SKB_DROP_REASON_NO_SOCKET`, or `None` if the core enum
+    /// has no such value (a subsystem's reason, or a newer kernel's).
     pub fn full_name(&self, value: u32) -> Option<&str> {
         self.names.get(&value).map(String::as_str)
     }
 
-    /// The name for people: without the `SKB_DROP_REASON_` prefix (`NO_SOCKET`). Unknown values
-    /// print as their number.
-    pub fn short_name(&self, value: u32) -> String {
-        match self.full_name(value) {
-            Some(n) => n.strip_prefix("SKB_DROP_REASON_").unwrap_or(n).to_string(),
+    /// `(subsystem, code)` of a reason outside the core list, `None` for a core reason.
+    pub fn subsystem_of(&self, value: u32) -> Option<(u32, u32)> {
+        let subsys = value & self.subsys_mask;
+        if subsys == 0 || self.names.contains_key(&value) {
+            return None;
+        }
+        Some((
+            subsys >> self.subsys_mask.trailing_zeros(),
+            value & !self.subsys_mask,
+        ))
+    }
+
+    /// What the tracer prints for `value`: the full core name (`SKB_DROP_REASON_NO_SOCKET`),
+    /// `subsys:<name or number>/<code>` for another subsystem's reason (`subsys:OPENVSWITCH/2`),
+    /// or `UNKNOWN(<value>)`.
+    pub fn name(&self, value: u32) -> String {
+        if let Some(n) = self.full_name(value) {
+            return n.to_string();
+        }
+        match self.subsystem_of(value) {
+            Some((subsys, code)) => match self.subsystems.get(&subsys) {
+                Some(name) => format!("subsys:{name}/{code}"),
+                None => format!("subsys:{subsys}/{code}"),
+            },
             None => format!("UNKNOWN({value})"),
+        }
+    }
+
+    /// The name for people: without the `SKB_DROP_REASON_` prefix (`NO_SOCKET`).
+    pub fn short_name(&self, value: u32) -> String {
+        let name = self.name(value);
+        match name.strip_prefix("SKB_DROP_REASON_") {
+            Some(short) => short.to_string(),
+            None => name,
         }
     }
 
@@ -358,14 +425,19 @@ impl DropReasons {
     }
 }
 
-/// Reads `enum skb_drop_reason` (kernel 5.17+) from BTF.
+/// What kernels before 5.17 lack, said once for every place that needs drop reasons.
+pub const NEEDS_5_17: &str = "this kernel has no drop reasons (`enum skb_drop_reason` and the \
+    `reason` argument of the kfree_skb tracepoint appeared in Linux 5.17): the tracer and \
+    chapters 5-8 need a 5.17 or newer kernel (Debian 12's 6.1 is fine)";
+
+/// Reads `enum skb_drop_reason` (kernel 5.17+) and, on 6.4+, `enum skb_drop_reason_subsys`.
 pub fn drop_reasons(btf: &Btf) -> Result<DropReasons> {
-    let values = btf.enum_values("skb_drop_reason").context(
-        "this kernel has no `enum skb_drop_reason` (drop reasons appeared in Linux 5.17)",
-    )?;
-    Ok(DropReasons::from_pairs(
-        values.iter().map(|(n, v)| (*v as u32, n.as_str())),
-    ))
+    let values = btf.enum_values("skb_drop_reason").context(NEEDS_5_17)?;
+    let reasons = DropReasons::from_pairs(values.iter().map(|(n, v)| (*v as u32, n.as_str())));
+    Ok(match btf.enum_values("skb_drop_reason_subsys") {
+        Ok(subsys) => reasons.with_subsystems(subsys.iter().map(|(n, v)| (*v as u32, n.as_str()))),
+        Err(_) => reasons, // before 6.4: no subsystems
+    })
 }
 
 /// A tracepoint with an skb argument, and how the program reads its arguments.
@@ -440,9 +512,39 @@ pub fn kfree_skb_tracepoint(btf: &Btf) -> Result<SkbTracepoint> {
     let tp = skb_tracepoint(btf, "kfree_skb")?
         .ok_or_else(|| anyhow!("tracepoint kfree_skb has no sk_buff argument in this kernel"))?;
     if tp.slot.reason_arg == NO_ARG {
-        bail!("tracepoint kfree_skb has no drop reason in this kernel (drop reasons appeared in Linux 5.17)");
+        bail!("tracepoint kfree_skb has no `enum skb_drop_reason` argument: {NEEDS_5_17}");
     }
     Ok(tp)
+}
+
+/// The C type of a parameter, as far as the tracer cares: `struct sk_buff *`, `void *`,
+/// `enum skb_drop_reason`, `struct sock *`, … (`?` for anything else).
+fn c_type(btf: &Btf, id: u32) -> String {
+    if let Some(pointee) = btf.pointee(id) {
+        return match btf.get(pointee) {
+            Some(TypeVariant::Void) => "void *".into(),
+            Some(t @ (TypeVariant::Struct(_) | TypeVariant::Fwd(_))) => {
+                format!("struct {} *", name_of(t).unwrap_or("?"))
+            }
+            _ => "? *".into(),
+        };
+    }
+    match btf.resolve(id).ok().and_then(|id| btf.get(id)) {
+        Some(t @ (TypeVariant::Enum(_) | TypeVariant::Enum64(_))) => {
+            format!("enum {}", name_of(t).unwrap_or("?"))
+        }
+        Some(TypeVariant::Int(_)) => "int".into(),
+        _ => "?".into(),
+    }
+}
+
+/// The `kfree_skb` tracepoint's prototype in this kernel, as `cargo xtask doctor` shows it:
+/// `kfree_skb(struct sk_buff *, void *, enum skb_drop_reason)` on 5.17-6.10, with a fourth
+/// `struct sock *` (rx_sk) since 6.11, only `(struct sk_buff *, void *)` before 5.17.
+pub fn kfree_skb_prototype(btf: &Btf) -> Result<String> {
+    let params = btf.tracepoint_params("kfree_skb")?;
+    let types: Vec<String> = params.iter().map(|&p| c_type(btf, p)).collect();
+    Ok(format!("kfree_skb({})", types.join(", ")))
 }
 
 #[cfg(test)]
@@ -627,7 +729,162 @@ mod tests {
         assert!(Btf::parse(&[0x9f, 0xeb]).is_err());
     }
 
-    /// Reads the running kernel's BTF when there is one (no root needed: the file is world-readable).
+    /// A parameter of a synthetic `btf_trace_kfree_skb` prototype.
+    #[derive(Clone, Copy)]
+    enum P {
+        Skb,
+        VoidPtr,
+        Reason,
+        Sock,
+        U32,
+    }
+
+    /// A kernel whose only tracepoint is `kfree_skb(params…)` (after the leading `void *`),
+    /// with a core reason enum, and (6.4+) the subsystem enum and the mask enumerator.
+    fn kfree_skb_btf(params: &[P], with_subsys: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        let u32_t = b.int("unsigned int", 4);
+        let mut reasons = vec![
+            ("SKB_NOT_DROPPED_YET", 0u32),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_NO_SOCKET", 3),
+        ];
+        if with_subsys {
+            reasons.push(("SKB_DROP_REASON_SUBSYS_MASK", 0xffff_0000));
+        }
+        let reason = b.ty("skb_drop_reason", 6, reasons.len() as u32, false, 4);
+        for (n, v) in reasons {
+            let off = b.s(n);
+            b.word(off);
+            b.word(v);
+        }
+        if with_subsys {
+            let subsys = [
+                ("SKB_DROP_REASON_SUBSYS_CORE", 0u32),
+                ("SKB_DROP_REASON_SUBSYS_MAC80211_UNUSABLE", 1),
+                ("SKB_DROP_REASON_SUBSYS_MAC80211_MONITOR", 2),
+                ("SKB_DROP_REASON_SUBSYS_OPENVSWITCH", 3),
+            ];
+            b.ty("skb_drop_reason_subsys", 6, subsys.len() as u32, false, 4);
+            for (n, v) in subsys {
+                let off = b.s(n);
+                b.word(off);
+                b.word(v);
+            }
+        }
+        let skb = b.strukt("sk_buff", 8, &[("len", u32_t, 0)]);
+        let skb_ptr = b.ty("", 2, 0, false, skb);
+        let sock = b.ty("sock", 7, 0, false, 0); // a forward declaration is enough
+        let sock_ptr = b.ty("", 2, 0, false, sock);
+        let void_ptr = b.ty("", 2, 0, false, 0);
+        let proto = b.ty("", 13, params.len() as u32 + 1, false, 0);
+        b.word(0);
+        b.word(void_ptr);
+        for p in params {
+            b.word(0);
+            b.word(match p {
+                P::Skb => skb_ptr,
+                P::VoidPtr => void_ptr,
+                P::Reason => reason,
+                P::Sock => sock_ptr,
+                P::U32 => u32_t,
+            });
+        }
+        let proto_ptr = b.ty("", 2, 0, false, proto);
+        b.ty("btf_trace_kfree_skb", 8, 0, false, proto_ptr);
+        let list_head_ptr = b.ty("", 2, 0, false, b.next_id + 1);
+        b.strukt(
+            "list_head",
+            16,
+            &[("next", list_head_ptr, 0), ("prev", list_head_ptr, 64)],
+        );
+        b.finish()
+    }
+
+    fn kfree_slot(params: &[P], with_subsys: bool) -> Result<Slot> {
+        let btf = Btf::parse(&kfree_skb_btf(params, with_subsys)).unwrap();
+        kfree_skb_tracepoint(&btf).map(|tp| tp.slot)
+    }
+
+    #[test]
+    fn kfree_skb_of_5_17_to_6_10_has_three_arguments() {
+        let slot = kfree_slot(&[P::Skb, P::VoidPtr, P::Reason], false).unwrap();
+        assert_eq!(
+            (slot.skb_arg, slot.location_arg, slot.reason_arg),
+            (0, 1, 2)
+        );
+        let btf = Btf::parse(&kfree_skb_btf(&[P::Skb, P::VoidPtr, P::Reason], false)).unwrap();
+        assert_eq!(
+            kfree_skb_prototype(&btf).unwrap(),
+            "kfree_skb(struct sk_buff *, void *, enum skb_drop_reason)"
+        );
+    }
+
+    #[test]
+    fn kfree_skb_of_6_11_and_later_has_rx_sk() {
+        let slot = kfree_slot(&[P::Skb, P::VoidPtr, P::Reason, P::Sock], true).unwrap();
+        assert_eq!(
+            (slot.skb_arg, slot.location_arg, slot.reason_arg),
+            (0, 1, 2)
+        );
+        let btf = Btf::parse(&kfree_skb_btf(
+            &[P::Skb, P::VoidPtr, P::Reason, P::Sock],
+            true,
+        ))
+        .unwrap();
+        assert_eq!(
+            kfree_skb_prototype(&btf).unwrap(),
+            "kfree_skb(struct sk_buff *, void *, enum skb_drop_reason, struct sock *)"
+        );
+    }
+
+    /// The reason is found by its TYPE, not its position: a kernel that moved it (or added an
+    /// integer before it) is still read right.
+    #[test]
+    fn the_reason_is_found_by_type_not_position() {
+        let slot = kfree_slot(&[P::Skb, P::U32, P::VoidPtr, P::Sock, P::Reason], true).unwrap();
+        assert_eq!(
+            (slot.skb_arg, slot.location_arg, slot.reason_arg),
+            (0, 2, 4)
+        );
+    }
+
+    #[test]
+    fn kernels_before_5_17_get_a_clear_message() {
+        let err = kfree_slot(&[P::Skb, P::VoidPtr], false).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("5.17"), "{msg}");
+        assert!(msg.contains("enum skb_drop_reason"), "{msg}");
+    }
+
+    #[test]
+    fn subsystem_reasons_are_not_misnamed() {
+        let btf = Btf::parse(&kfree_skb_btf(&[P::Skb, P::VoidPtr, P::Reason], true)).unwrap();
+        let reasons = drop_reasons(&btf).unwrap();
+        assert_eq!(reasons.name(3), "SKB_DROP_REASON_NO_SOCKET");
+        assert_eq!(reasons.short_name(3), "NO_SOCKET");
+        // mac80211's code 3 is not the core's NO_SOCKET.
+        assert_eq!(reasons.subsystem_of(0x1_0003), Some((1, 3)));
+        assert_eq!(reasons.short_name(0x1_0003), "subsys:MAC80211_UNUSABLE/3");
+        assert_eq!(reasons.name(0x3_0002), "subsys:OPENVSWITCH/2");
+        // A subsystem this kernel does not name: its number.
+        assert_eq!(reasons.name(0x9_0001), "subsys:9/1");
+        assert_eq!(reasons.name(99), "UNKNOWN(99)");
+        assert_eq!(reasons.subsystem_of(3), None);
+    }
+
+    #[test]
+    fn before_6_4_there_is_no_subsystem_enum() {
+        let btf = Btf::parse(&kfree_skb_btf(&[P::Skb, P::VoidPtr, P::Reason], false)).unwrap();
+        let reasons = drop_reasons(&btf).unwrap();
+        assert_eq!(reasons.name(0x1_0003), "subsys:1/3");
+        assert_eq!(reasons.short_name(2), "NOT_SPECIFIED");
+    }
+
+    /// Reads the running kernel's BTF when there is one (no root needed: the file is
+    /// world-readable). Only properties that hold on every kernel since 5.17 are asserted: the
+    /// numbers differ (NO_SOCKET is 2 on 6.1, 3 on 6.12), so does the prototype (rx_sk, 6.11).
     #[test]
     fn running_kernel_btf() {
         if !Path::new(VMLINUX_BTF).exists() {
@@ -637,14 +894,21 @@ mod tests {
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         let reasons = drop_reasons(&btf).unwrap();
         assert!(reasons.len() > 10);
-        assert_eq!(reasons.value_of("SKB_DROP_REASON_NO_SOCKET"), Some(3));
-        assert_eq!(reasons.short_name(3), "NO_SOCKET");
+        let no_socket = reasons.value_of("SKB_DROP_REASON_NO_SOCKET").unwrap();
+        assert_eq!(reasons.short_name(no_socket), "NO_SOCKET");
+        assert_eq!(reasons.subsystem_of(no_socket), None);
         let offsets = skb_offsets(&btf).unwrap();
         assert!(offsets.skb_head > 0 && offsets.dev_ifindex > 0 && offsets.net_inum > 0);
         let kfree = kfree_skb_tracepoint(&btf).unwrap();
-        assert_eq!(kfree.slot.skb_arg, 0);
-        assert_eq!(kfree.slot.location_arg, 1);
-        assert_eq!(kfree.slot.reason_arg, 2);
+        let params = btf.tracepoint_params("kfree_skb").unwrap();
+        assert!(btf.is_ptr_to_struct(params[usize::from(kfree.slot.skb_arg)], "sk_buff"));
+        assert!(btf.is_void_ptr(params[usize::from(kfree.slot.location_arg)]));
+        assert!(btf.is_enum(
+            params[usize::from(kfree.slot.reason_arg)],
+            "skb_drop_reason"
+        ));
+        let proto = kfree_skb_prototype(&btf).unwrap();
+        assert!(proto.contains("enum skb_drop_reason"), "{proto}");
         let tps = skb_tracepoints(&btf).unwrap();
         let names: Vec<&str> = tps.iter().map(|t| t.name.as_str()).collect();
         for want in [

@@ -13,7 +13,8 @@
 //!   node name.
 //! - [`output`] — decodes events into [`output::Record`]s and formats them (columns or JSON).
 //! - [`explain`] — `--explain`: matches a NO_SOCKET drop against the namespace's conntrack table.
-//! - [`run`] — the main loop used by the binary; [`bench`] — the benchmark.
+//! - [`run`] — the main loop used by the binary; [`bench`] — the benchmark;
+//!   [`capabilities`] — `tracer kernel`, what this kernel offers (for `cargo xtask doctor`).
 //!
 //! A course exercise can reuse the pieces directly:
 //! ```no_run
@@ -30,6 +31,7 @@
 //! ```
 pub mod bench;
 pub mod btf;
+pub mod capabilities;
 pub mod collection;
 pub mod explain;
 pub mod filter;

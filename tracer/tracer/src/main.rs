@@ -42,6 +42,9 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// What this kernel offers the tracer: BTF, the kfree_skb prototype, tp_btf attach (as
+    /// root). One `key: ok|untested|missing: …` line each; exit code 1 if something is missing.
+    Kernel,
 }
 
 #[derive(Args)]
@@ -235,6 +238,12 @@ fn main_result() -> anyhow::Result<()> {
             o.track_skb = track_skb;
             o.tracepoints = tracepoints;
             o
+        }
+        Command::Kernel => {
+            if !tracer::capabilities::print(true)? {
+                std::process::exit(1);
+            }
+            return Ok(());
         }
         Command::Bench { seconds } => {
             tracer::collection::check_privileges()?;

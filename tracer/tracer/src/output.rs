@@ -222,12 +222,7 @@ impl Decoder {
             dport: (ev.l3 != 0 && ports).then_some(ev.dport),
             icmp_type: icmp.then_some(ev.icmp_type),
             icmp_code: icmp.then_some(ev.icmp_code),
-            reason: is_drop.then(|| {
-                self.reasons
-                    .full_name(ev.reason)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("UNKNOWN({})", ev.reason))
-            }),
+            reason: is_drop.then(|| self.reasons.name(ev.reason)),
             reason_code: is_drop.then_some(ev.reason),
             location: (ev.location != 0).then(|| self.kallsyms.format(ev.location)),
             event,
