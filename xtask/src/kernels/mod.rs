@@ -184,7 +184,23 @@ pub fn kernels(root: &Path, course: &Course, args: &KernelsArgs) -> Result<ExitC
             bail!("no suite {s:?}: choose among {}", suites::SUITES.join(", "));
         }
     }
-    let specs: Vec<fetch::KernelSpec> = match args.kernel.as_str() {
+    let rows = matrix(root, course, &args.kernel, &args.suite, args.timeout)?;
+    let ok = rows
+        .iter()
+        .all(|r| r.error.is_none() && r.outcomes.iter().all(|o| o.failed == 0));
+    Ok(crate::exit(ok))
+}
+
+/// Fetch, boot and run: one [`KernelRun`] per kernel (`kernel`: 6.1, 6.12, 7.2 or all),
+/// with the table printed. `cargo xtask test` calls this in CI and counts every cell.
+pub fn matrix(
+    root: &Path,
+    course: &Course,
+    kernel: &str,
+    suites_wanted: &[String],
+    timeout: u64,
+) -> Result<Vec<KernelRun>> {
+    let specs: Vec<fetch::KernelSpec> = match kernel {
         "all" => fetch::KERNELS.to_vec(),
         k => vec![*fetch::KERNELS
             .iter()
@@ -192,14 +208,14 @@ pub fn kernels(root: &Path, course: &Course, args: &KernelsArgs) -> Result<ExitC
             .with_context(|| format!("no kernel {k:?}: choose 6.1, 6.12, 7.2 or all"))?],
     };
     if !crate::proc::is_root() {
-        bail!("the kernel matrix needs root (QEMU's shares of / and apt): run it with sudo -E");
+        bail!("the kernel matrix needs root (QEMU's shares of / and apt): run it as root (e.g. in a root shell: cargo xtask kernels)");
     }
     setup::apt_install(HOST_PACKAGES)?;
     let cache = root.join(".course/kernels");
     std::fs::create_dir_all(&cache)?;
     let built = Instant::now();
     eprintln!("kernels: building the suites on the host");
-    let plan = suites::build_plan(root, course, &args.suite, args.timeout)?;
+    let plan = suites::build_plan(root, course, suites_wanted, timeout)?;
     // The guest also needs the tracer binary (`tracer kernel` records its capabilities).
     let status = crate::proc::cargo()
         .current_dir(root)
@@ -221,8 +237,5 @@ pub fn kernels(root: &Path, course: &Course, args: &KernelsArgs) -> Result<ExitC
         }
     }
     println!("{}", table::render(&rows, &plan));
-    let ok = rows
-        .iter()
-        .all(|r| r.error.is_none() && r.outcomes.iter().all(|o| o.failed == 0));
-    Ok(crate::exit(ok))
+    Ok(rows)
 }
