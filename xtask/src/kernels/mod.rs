@@ -67,7 +67,9 @@ pub struct KernelRun {
 }
 
 /// The script the guest runs after `switch_root`: mounts what a booted system has, runs the
-/// plan from the course's root, records the exit code, powers off.
+/// plan from the course's root, records the exit code, powers off. No tmpfs over `/tmp`: the
+/// overlay already keeps the guest's writes in RAM, and the course may live under `/tmp`
+/// (a tmpfs there hid the checkout of a clone in `/tmp`).
 fn guest_init(root: &Path, xtask: &Path) -> String {
     let results = boot::RESULTS_IN_GUEST;
     format!(
@@ -80,7 +82,6 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf
