@@ -54,6 +54,9 @@ pub struct Offsets {
     pub sk_net: u32,
     /// `net.ns.inum`: the namespace's inode number, as in `ls -l /proc/PID/ns/net`.
     pub net_inum: u32,
+    /// `sk_buff.tail`: end of the linear data, as an offset from `head` (`sk_buff_data_t`, a
+    /// `u32` on 64-bit kernels). Bounds the header bytes copied for `--pcap` ([`Event::hdr`]).
+    pub skb_tail: u32,
 }
 
 /// How to read one tracepoint's arguments. Positions count from 0 and do NOT include the leading
@@ -139,7 +142,10 @@ pub struct Config {
     pub consumed_reason: u32,
     /// 1: keep following an skb's address once it matched (`--track-skb`).
     pub track_skb: u8,
-    pub _pad: [u8; 3],
+    /// 1: copy the first [`HDR_BYTES`] bytes from the network header into every event
+    /// (`path --pcap`). 0: the copy is not even verified (a constant branch, see above).
+    pub copy_headers: u8,
+    pub _pad: [u8; 2],
     pub slots: [Slot; MAX_SLOTS],
 }
 
@@ -159,11 +165,13 @@ impl Config {
             dev_net: 0,
             sk_net: 0,
             net_inum: 0,
+            skb_tail: 0,
         },
         filter: Filter::ZERO,
         consumed_reason: u32::MAX,
         track_skb: 0,
-        _pad: [0; 3],
+        copy_headers: 0,
+        _pad: [0; 2],
         slots: [Slot::UNUSED; MAX_SLOTS],
     };
 }
@@ -174,9 +182,21 @@ impl Default for Config {
     }
 }
 
+/// How many bytes of the packet, from its network (IP) header on, an [`Event`] can carry for
+/// `path --pcap`.
+///
+/// 96 is the smallest multiple of 8 that holds the headers of every packet the course meets
+/// WHOLE, so that Wireshark dissects them without "[Packet size limited during capture]" in a
+/// header: an IPv4 (20) + TCP header with the usual SYN options (40); an IPv6 (40) + UDP (8)
+/// header; and the largest, an ICMPv6 error (40 + 8) quoting the offending IPv6 + UDP headers
+/// (40 + 8) = 96. A bigger array would cost every event (the ring buffer holds fewer of them,
+/// and each is copied once more), and headers are what `--pcap` is for: the rest of a datagram
+/// is payload, which the tracer has no business exporting.
+pub const HDR_BYTES: usize = 96;
+
 /// One traced skb at one tracepoint, as written to the ring buffer.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub mono_ns: u64,
@@ -212,6 +232,54 @@ pub struct Event {
     pub daddr: [u8; 16],
     /// The device name, NUL-padded.
     pub ifname: [u8; 16],
+    /// `path --pcap` only (else 0): how many bytes of [`hdr`](Event::hdr) are the packet's —
+    /// at most [`HDR_BYTES`], fewer when the skb's linear data ends sooner (`skb->tail`).
+    pub hdr_len: u16,
+    pub _pad2: [u8; 6],
+    /// `path --pcap` only: the packet's first bytes from its network header on (the IP
+    /// header, as [`l3`](Event::l3) says), as they are at THIS tracepoint — after a NAT hook
+    /// they show the rewritten addresses. Bytes from `hdr_len` on are zero.
+    pub hdr: [u8; HDR_BYTES],
+}
+
+impl Event {
+    /// All zero (`Default` cannot be derived: the standard library implements it for arrays
+    /// of at most 32 elements, and [`hdr`](Event::hdr) has more).
+    pub const ZERO: Event = Event {
+        mono_ns: 0,
+        skb: 0,
+        location: 0,
+        reason: 0,
+        netns: 0,
+        ifindex: 0,
+        len: 0,
+        cpu: 0,
+        slot: 0,
+        l3: 0,
+        l4: 0,
+        sport: 0,
+        dport: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        _pad: [0; 10],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        ifname: [0; 16],
+        hdr_len: 0,
+        _pad2: [0; 6],
+        hdr: [0; HDR_BYTES],
+    };
+
+    /// The header bytes that are the packet's (`hdr[..hdr_len]`).
+    pub fn headers(&self) -> &[u8] {
+        &self.hdr[..(self.hdr_len as usize).min(HDR_BYTES)]
+    }
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event::ZERO
+    }
 }
 
 /// Index of the one counter in the `LOST` per-CPU array: events that did not fit in the ring
@@ -219,8 +287,8 @@ pub struct Event {
 pub const LOST_INDEX: u32 = 0;
 
 // The layouts are part of the contract between both sides: a size change must be deliberate.
-const _: () = assert!(core::mem::size_of::<Event>() == 112);
-const _: () = assert!(core::mem::size_of::<Config>() == 312 + 16 + 40 * MAX_INSNS);
+const _: () = assert!(core::mem::size_of::<Event>() == 112 + 8 + HDR_BYTES);
+const _: () = assert!(core::mem::size_of::<Config>() == 316 + 16 + 40 * MAX_INSNS);
 
 #[cfg(feature = "user")]
 mod user {

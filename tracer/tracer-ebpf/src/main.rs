@@ -26,7 +26,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     helpers::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_probe_read_kernel_buf, generated,
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -34,7 +34,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     program::{self, IPPROTO_FRAGMENT, K_ARP, K_IP, K_IP6, K_RARP},
-    Config, Event, Packet, F_IFINDEX, F_NETNS, LOST_INDEX, MAX_SLOTS, NO_ARG, SLOT_FREES_SKB,
+    Config, Event, Packet, F_IFINDEX, F_NETNS, HDR_BYTES, LOST_INDEX, MAX_SLOTS, NO_ARG,
+    SLOT_FREES_SKB,
 };
 
 /// Load-time configuration, filled in by userspace with `EbpfLoader::override_global("CONFIG", …)`.
@@ -46,7 +47,7 @@ use tracer_common::{
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::ZERO;
 
-/// Events for userspace: 4 MiB, about 37 000 events of 112 bytes.
+/// Events for userspace: 4 MiB, about 19 000 events of 216 bytes.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
@@ -289,6 +290,9 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     }
 
     read_details(skb, ev);
+    if config!(copy_headers) != 0 {
+        read_headers(skb, ev);
+    }
     let location_arg = config!(slots[slot].location_arg);
     if location_arg != NO_ARG {
         ev.location = arg(ctx, location_arg);
@@ -322,8 +326,8 @@ unsafe fn zero(ev: *mut Event) {
     macro_rules! z {
         ($($i:literal)*) => { $( if $i < WORDS { unsafe { core::ptr::write_volatile(p.add($i), 0) } } )* };
     }
-    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
-    const _: () = assert!(WORDS == 14, "update z!() to the new size of Event");
+    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26);
+    const _: () = assert!(WORDS == 27, "update z!() to the new size of Event");
 }
 
 /// Fills the interface index and network namespace inode from `skb->dev` (or, for an skb that
@@ -361,24 +365,71 @@ fn put_u64(field: &mut [u8; 16], at: usize, v: u64) {
     unsafe { core::ptr::write((field.as_mut_ptr().add(at)) as *mut u64, v) }
 }
 
-/// Finds the IP (or ARP) header and fills the tuple (addresses, protocol, ports or ICMP
-/// type/code) of the event, and what the filter program needs to know of the packet.
+/// Where the network (IP/ARP) header is: `(skb->head, its offset from head)`, or `None` for an
+/// skb without a buffer.
+///
+/// `network_header` is an offset from `head`. Early on the receive path it is not set yet
+/// (0, or 0xffff = "unset"): there `data` already points at the IP header.
 #[inline(always)]
-fn read_tuple(skb: u64, ev: &mut Event, pkt: &mut Packet) {
+fn network_header(skb: u64) -> Option<(u64, u64)> {
     let head: u64 = field(skb, config!(offsets.skb_head));
     if head == 0 {
-        return;
+        return None;
     }
-    // `network_header` is an offset from `head`. Early on the receive path it is not set yet
-    // (0, or 0xffff = "unset"): there `data` already points at the IP header.
     let mut nh = field::<u16>(skb, config!(offsets.skb_network_header)) as u64;
     if nh == 0 || nh == 0xffff {
         let data: u64 = field(skb, config!(offsets.skb_data));
         if data <= head || data - head > 0xffff {
-            return;
+            return None;
         }
         nh = data - head;
     }
+    Some((head, nh))
+}
+
+/// `path --pcap`: copies the packet's first bytes, from the network header on, into
+/// `ev.hdr` — ONE `bpf_probe_read_kernel`, called only for an skb that matched the filter.
+///
+/// How many: [`HDR_BYTES`], or fewer if the skb's linear data (`head + nh` up to
+/// `head + skb->tail`) ends sooner. Reading further would copy whatever memory follows (the
+/// rest of the buffer, or `skb_shared_info`), not the packet: the rest of a large packet lives
+/// in page fragments elsewhere. The size is a variable, but the verifier knows its bounds
+/// (1 ..= `HDR_BYTES`, from the two comparisons), which is all a helper's size argument needs.
+#[inline(always)]
+fn read_headers(skb: u64, ev: &mut Event) {
+    let Some((head, nh)) = network_header(skb) else {
+        return;
+    };
+    let tail = field::<u32>(skb, config!(offsets.skb_tail)) as u64;
+    if tail <= nh {
+        return;
+    }
+    let mut n = tail - nh;
+    if n > HDR_BYTES as u64 {
+        n = HDR_BYTES as u64;
+    }
+    // SAFETY: `ev.hdr` has room for `HDR_BYTES >= n` bytes; the helper copies through the
+    // kernel's fault handling (an unreadable source is an error: then the bytes stay zero and
+    // `hdr_len` stays 0).
+    let err = unsafe {
+        generated::bpf_probe_read_kernel(
+            ev.hdr.as_mut_ptr().cast(),
+            n as u32,
+            (head + nh) as *const _,
+        )
+    };
+    if err == 0 {
+        ev.hdr_len = n as u16;
+    }
+}
+
+/// Finds the IP (or ARP) header and fills the tuple (addresses, protocol, ports or ICMP
+/// type/code) of the event, and what the filter program needs to know of the packet.
+#[inline(always)]
+fn read_tuple(skb: u64, ev: &mut Event, pkt: &mut Packet) {
+    let Some((head, nh)) = network_header(skb) else {
+        return;
+    };
     let ethertype = u16::from_be(field::<u16>(skb, config!(offsets.skb_protocol)));
     let ip = head + nh;
     // The first 40 bytes from the IP header, as five little-endian words: all of an IPv6 header,

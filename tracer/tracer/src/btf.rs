@@ -308,6 +308,7 @@ pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
         dev_net: f("net_device", "nd_net.net", 8)?,
         sk_net: f("sock", "__sk_common.skc_net.net", 8)?,
         net_inum: f("net", "ns.inum", 4)?,
+        skb_tail: f("sk_buff", "tail", 4)?,
     })
 }
 

@@ -207,6 +207,8 @@ pub struct LoadOptions {
     pub track_skb: bool,
     /// Ring buffer size in bytes (a power of two, at least one page); 0 = the default 4 MiB.
     pub ring_bytes: u32,
+    /// Copy the packet's first bytes into every event (`Event::hdr`, for `path --pcap`).
+    pub copy_headers: bool,
 }
 
 impl Tracer {
@@ -269,6 +271,7 @@ impl Tracer {
             filter,
             track_skb,
             ring_bytes,
+            copy_headers,
         } = *options;
         let started = Instant::now();
         if tracepoints.is_empty() {
@@ -280,6 +283,7 @@ impl Tracer {
             filter,
             consumed_reason: kernel.reasons.value_of("SKB_CONSUMED").unwrap_or(u32::MAX),
             track_skb: track_skb as u8,
+            copy_headers: copy_headers as u8,
             ..Config::ZERO
         };
         let mut slot_names = Vec::new();

@@ -13,6 +13,7 @@
 //!   node name.
 //! - [`output`] — decodes events into [`output::Record`]s and formats them (columns or JSON).
 //! - [`explain`] — `--explain`: matches a NO_SOCKET drop against the namespace's conntrack table.
+//! - [`pcap`] — `path --pcap FILE`: the hops as a pcapng capture, one packet per hop.
 //! - [`run`] — the main loop used by the binary; [`bench`] — the benchmark;
 //!   [`capabilities`] — `tracer kernel`, what this kernel offers (for `cargo xtask doctor`).
 //!
@@ -38,6 +39,7 @@ pub mod filter;
 pub mod kallsyms;
 pub mod nodes;
 pub mod output;
+pub mod pcap;
 pub mod run;
 
 pub use tracer_common::{Event, Filter, Offsets};

@@ -35,6 +35,11 @@ enum Command {
         /// Only these tracepoints (comma-separated), e.g. `net_dev_queue,kfree_skb`.
         #[arg(long, value_delimiter = ',')]
         tracepoints: Option<Vec<String>>,
+        /// Also write every event as a packet of this pcapng file (open it in Wireshark): its
+        /// first 96 bytes from the IP header, the hop (tracepoint, netns, interface, drop
+        /// reason) as the packet's comment.
+        #[arg(long, value_name = "FILE")]
+        pcap: Option<PathBuf>,
     },
     /// Measure attach time, packets/s with and without the tracer, and event throughput.
     Bench {
@@ -233,10 +238,12 @@ fn main_result() -> anyhow::Result<()> {
             common,
             track_skb,
             tracepoints,
+            pcap,
         } => {
             let mut o = options(Mode::Path, common)?;
             o.track_skb = track_skb;
             o.tracepoints = tracepoints;
+            o.pcap = pcap;
             o
         }
         Command::Kernel => {
@@ -261,6 +268,13 @@ fn main_result() -> anyhow::Result<()> {
         count(summary.attached, "tracepoint"),
         summary.attach_time.as_secs_f64() * 1000.0
     );
+    if let Some(path) = &opts.pcap {
+        eprintln!(
+            "tracer: {} written to {}",
+            count(summary.events as usize, "packet"),
+            path.display()
+        );
+    }
     Ok(())
 }
 

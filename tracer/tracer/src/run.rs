@@ -16,6 +16,7 @@ use crate::explain;
 use crate::kallsyms::Kallsyms;
 use crate::nodes::{self, NodeNames};
 use crate::output::{self, Clock, Decoder, Mode, Record};
+use crate::pcap::PcapExport;
 
 /// Everything the command line decides.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct RunOptions {
     pub tracepoints: Option<Vec<String>>,
     /// Ring buffer size in KiB (0 = default 4 MiB). Small values demonstrate lost events.
     pub ring_kib: u32,
+    /// `path --pcap FILE`: also write every event as a pcapng packet ([`crate::pcap`]).
+    pub pcap: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -54,6 +57,7 @@ impl RunOptions {
             netns_names: None,
             tracepoints: None,
             ring_kib: 0,
+            pcap: None,
         }
     }
 }
@@ -172,10 +176,13 @@ fn add_explanation(r: &mut Record) {
 pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<Summary> {
     let kernel = KernelInfo::load()?;
     let tracepoints = select_tracepoints(&kernel, opts)?;
+    // Created before anything is loaded: a path we cannot write is an error at once.
+    let mut pcap = opts.pcap.as_deref().map(PcapExport::create).transpose()?;
     let load = LoadOptions {
         filter: opts.filter,
         track_skb: opts.track_skb,
         ring_bytes: opts.ring_kib.saturating_mul(1024),
+        copy_headers: pcap.is_some(),
     };
     let mut tracer = Tracer::load_with(&kernel, &tracepoints, &load)?;
     for (name, why) in &tracer.skipped {
@@ -204,6 +211,7 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
     }
     let started = Instant::now();
     let mut write_error = None;
+    let mut pcap_error = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -227,6 +235,11 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
             if opts.explain {
                 add_explanation(&mut record);
             }
+            if let Some(pcap) = pcap.as_mut().filter(|_| pcap_error.is_none()) {
+                if let Err(e) = pcap.write(&record, ev) {
+                    pcap_error = Some(e);
+                }
+            }
             let line = if opts.json {
                 output::format_json(&record)
             } else {
@@ -243,7 +256,16 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
             }
             return Err(e).context("cannot write output");
         }
+        if let Some(e) = pcap_error.take() {
+            return Err(e);
+        }
         out.flush()?;
+        if let Some(pcap) = &mut pcap {
+            pcap.flush()?;
+        }
+    }
+    if let Some(pcap) = pcap {
+        pcap.finish()?;
     }
     summary.lost = tracer.lost()?;
     Ok(summary)
