@@ -235,7 +235,12 @@ pub struct Event {
     /// `path --pcap` only (else 0): how many bytes of [`hdr`](Event::hdr) are the packet's —
     /// at most [`HDR_BYTES`], fewer when the skb's linear data ends sooner (`skb->tail`).
     pub hdr_len: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// `path --pcap` only (else 0): the packet's length from its network header on —
+    /// `skb->len` counts from `skb->data`, which is the MAC header on the way out and already
+    /// past the IP (and UDP) header once a protocol handler pulled them (`icmp_send`,
+    /// `kfree_skb` in UDP): `len + (data - head) - network header offset` is the IP packet.
+    pub net_len: u32,
     /// `path --pcap` only: the packet's first bytes from its network header on (the IP
     /// header, as [`l3`](Event::l3) says), as they are at THIS tracepoint — after a NAT hook
     /// they show the rewritten addresses. Bytes from `hdr_len` on are zero.
@@ -266,7 +271,8 @@ impl Event {
         daddr: [0; 16],
         ifname: [0; 16],
         hdr_len: 0,
-        _pad2: [0; 6],
+        _pad2: [0; 2],
+        net_len: 0,
         hdr: [0; HDR_BYTES],
     };
 

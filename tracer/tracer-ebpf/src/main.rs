@@ -393,7 +393,8 @@ fn network_header(skb: u64) -> Option<(u64, u64)> {
 /// How many: [`HDR_BYTES`], or fewer if the skb's linear data (`head + nh` up to
 /// `head + skb->tail`) ends sooner. Reading further would copy whatever memory follows (the
 /// rest of the buffer, or `skb_shared_info`), not the packet: the rest of a large packet lives
-/// in page fragments elsewhere. The size is a variable, but the verifier knows its bounds
+/// in page fragments elsewhere. Also sets `ev.net_len` (needs `ev.len`: call after
+/// `read_details`). The size is a variable, but the verifier knows its bounds
 /// (1 ..= `HDR_BYTES`, from the two comparisons), which is all a helper's size argument needs.
 #[inline(always)]
 fn read_headers(skb: u64, ev: &mut Event) {
@@ -421,6 +422,34 @@ fn read_headers(skb: u64, ev: &mut Event) {
     if err == 0 {
         ev.hdr_len = n as u16;
     }
+    // The IP packet's length: `skb->len` counts from `data`, which may sit before the network
+    // header (the MAC header, on the way out) or after it (pulled by the protocol handlers).
+    let data: u64 = field(skb, config!(offsets.skb_data));
+    if data < head {
+        return;
+    }
+    let data_off = pointer_difference(data, head);
+    let from_nh = (ev.len as u64 + data_off).wrapping_sub(nh);
+    if from_nh <= u32::MAX as u64 {
+        ev.net_len = from_nh as u32;
+    }
+}
+
+/// `a - b` for two kernel pointers loaded from struct fields, as a plain number.
+///
+/// The verifier tracks `skb->data` and `skb->head` as pointers; a pointer plus or minus a
+/// number stays a pointer, which it refuses to store into the event. ONE subtraction of the
+/// two pointers turns into a number (for a privileged program). Written as `asm!` because the
+/// compiler, left alone, reorders `len + (data - head) - nh` into `data - nh + len - head`,
+/// whose intermediate values are all pointers.
+#[inline(always)]
+fn pointer_difference(a: u64, b: u64) -> u64 {
+    let mut d = a;
+    // SAFETY: register arithmetic only: no memory is touched.
+    unsafe {
+        core::arch::asm!("{0} -= {1}", inout(reg) d, in(reg) b, options(pure, nomem, nostack))
+    };
+    d
 }
 
 /// Finds the IP (or ARP) header and fills the tuple (addresses, protocol, ports or ICMP

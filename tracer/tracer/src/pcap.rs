@@ -11,10 +11,14 @@
 //! - **Bytes**: the kernel side copies the first [`HDR_BYTES`] bytes from the skb's network
 //!   header (`Event::hdr`), so a packet starts at its IP header: link type `RAW` (101), where
 //!   the version nibble says IPv4 or IPv6. A tracer in the middle of the stack sees no trustworthy
-//!   Ethernet header (on the way out it is not built yet), so none is invented. A non-IP skb
-//!   (ARP, …) is written with no bytes at all: its comment still tells the hop.
-//! - **Lengths**: captured = the bytes copied; original = `skb->len` (what the packet really
-//!   had), so Wireshark says "96 bytes captured" of a longer datagram, as with `tcpdump -s 96`.
+//!   Ethernet header (on the way out it is not built yet), so none is invented. A hop without
+//!   an IP header (ARP, or an skb with no linear data left) goes to a second interface of the
+//!   same name with link type `USER0`: its bytes are shown undissected, its comment still tells
+//!   the hop.
+//! - **Lengths**: captured = the bytes copied; original = the IP packet's length at this hop
+//!   (`Event::net_len`: `skb->len` adjusted to start at the network header, since `skb->len`
+//!   counts from `skb->data`, which moves from hop to hop), so Wireshark says "96 bytes
+//!   captured" of a longer datagram, as with `tcpdump -s 96`.
 //! - **Time**: the kernel's `bpf_ktime_get_ns` converted to wall-clock ([`crate::output::Clock`]),
 //!   in nanoseconds (`if_tsresol` = 9 on every interface).
 //! - **Interfaces**: one Interface Description Block per (network namespace, ifindex) the first
@@ -44,6 +48,11 @@ use crate::output::Record;
 /// pcap-file writes `EnhancedPacketBlock::timestamp` as a raw count of nanoseconds, so this is
 /// what makes the file say what it means.
 const NANOSECONDS: u8 = 9;
+
+/// The link type of hops that have no IP header to show: ARP, and skbs whose linear data is
+/// empty at that hop. `USER0` (147) is reserved for private use: Wireshark shows such a packet's
+/// bytes undissected (and its comment), where RAW would call them a malformed IP packet.
+const NO_IP_HEADER: DataLink = DataLink::USER0;
 
 /// The text of a packet's comment: everything about the hop that is not in the packet's bytes.
 ///
@@ -85,8 +94,9 @@ fn interface_name(r: &Record) -> String {
 /// Writes events as pcapng packets, one per [`PcapExport::write`].
 pub struct PcapExport<W: Write> {
     writer: PcapNgWriter<W>,
-    /// (netns inode, ifindex) → interface id in the file (the order of their blocks).
-    interfaces: HashMap<(u32, u32), u32>,
+    /// (netns inode, ifindex, link type) → interface id in the file (the order of their
+    /// blocks).
+    interfaces: HashMap<(u32, u32, u32), u32>,
     packets: u64,
 }
 
@@ -123,10 +133,10 @@ impl<W: Write> PcapExport<W> {
         })
     }
 
-    /// The interface id of the record's (netns, ifindex), writing its description block the
-    /// first time.
-    fn interface(&mut self, r: &Record) -> Result<u32> {
-        let key = (r.netns, r.ifindex);
+    /// The interface id of the record's (netns, ifindex) for packets of `linktype`, writing
+    /// its description block the first time.
+    fn interface(&mut self, r: &Record, linktype: DataLink) -> Result<u32> {
+        let key = (r.netns, r.ifindex, u32::from(linktype));
         if let Some(&id) = self.interfaces.get(&key) {
             return Ok(id);
         }
@@ -136,12 +146,17 @@ impl<W: Write> PcapExport<W> {
             .as_deref()
             .map(|n| format!(" (lab node {n})"))
             .unwrap_or_default();
+        let what = if linktype == DataLink::RAW {
+            "packets from their IP header on"
+        } else {
+            "hops without an IP header: the bytes from the network header on, not dissected"
+        };
         let description = format!(
-            "network namespace {}{node}, interface index {}",
+            "network namespace {}{node}, interface index {}: {what}",
             r.netns, r.ifindex
         );
         let block = InterfaceDescriptionBlock {
-            linktype: DataLink::RAW,
+            linktype,
             snaplen: HDR_BYTES as u32,
             options: vec![
                 InterfaceDescriptionOption::IfName(Cow::Owned(interface_name(r))),
@@ -158,18 +173,18 @@ impl<W: Write> PcapExport<W> {
 
     /// Writes one hop: `ev`'s header bytes, `r`'s time, length and [`hop_comment`].
     pub fn write(&mut self, r: &Record, ev: &Event) -> Result<()> {
-        let interface_id = self.interface(r)?;
-        // Only IP goes into a RAW packet: other bytes would be dissected as a broken IP header.
-        let data = if ev.l3 == 4 || ev.l3 == 6 {
-            ev.headers()
-        } else {
-            &[]
-        };
+        let data = ev.headers();
+        // Only IP bytes go into a RAW packet: anything else (and an empty packet) would be
+        // "[Malformed Packet]" there.
+        let ip = (ev.l3 == 4 || ev.l3 == 6) && !data.is_empty();
+        let linktype = if ip { DataLink::RAW } else { NO_IP_HEADER };
+        let interface_id = self.interface(r, linktype)?;
         let packet = EnhancedPacketBlock {
             interface_id,
             timestamp: Duration::from_nanos(r.time_ns),
-            // The packet had at least the bytes we copied (skb->len is 0 on a few early hooks).
-            original_len: r.len.max(data.len() as u32),
+            // The IP packet's length as the kernel side measured it from the network header
+            // (not `skb->len`, which counts from wherever `skb->data` points at this hop).
+            original_len: if ev.net_len != 0 { ev.net_len } else { r.len }.max(data.len() as u32),
             data: Cow::Borrowed(data),
             options: vec![EnhancedPacketOption::Comment(Cow::Owned(hop_comment(r)))],
         };
@@ -276,7 +291,10 @@ mod tests {
     fn event_of(packet: &[u8]) -> Event {
         let mut ev = Event {
             l3: packet[0] >> 4,
-            len: packet.len() as u32,
+            // `skb->len` counts from `skb->data`, which a protocol handler may have pulled past
+            // a header (here 8 bytes): it is not the IP packet's length.
+            len: packet.len() as u32 - 8,
+            net_len: packet.len() as u32,
             ..Event::ZERO
         };
         let n = packet.len().min(HDR_BYTES);
@@ -307,7 +325,7 @@ mod tests {
 
     /// The story's DNAT case in four hops, as `path --track-skb` reports it: the request
     /// leaves the client (A), enters B, is DNATed from port 47003 to 47004 and dropped, NO_SOCKET.
-    /// Plus an IPv6 hop, a datagram longer than the snapshot, and an ARP hop (no bytes).
+    /// Plus an IPv6 hop, a datagram longer than the snapshot, an ARP hop and an empty skb.
     fn story_capture() -> Vec<(Record, Event)> {
         let payload = b"where did my packet go?";
         let before = udp4([10, 99, 0, 1], 40000, [10, 99, 0, 2], 47003, payload);
@@ -360,6 +378,7 @@ mod tests {
         );
         let mut arp = Event {
             len: 28,
+            net_len: 28,
             ..Event::ZERO
         };
         arp.hdr[..4].copy_from_slice(&[0, 1, 8, 0]);
@@ -374,6 +393,15 @@ mod tests {
                 14_000,
             ),
             arp,
+        );
+        // An skb with no data left, freed (`len` 0): an IP tuple, but no bytes to show.
+        let empty = Event {
+            l3: 4,
+            ..Event::ZERO
+        };
+        hop(
+            record("consume_skb", 4026532001, Some("client"), "-", 0, 15_000),
+            empty,
         );
         hops
     }
@@ -431,9 +459,13 @@ mod tests {
             }
         }
         let _ = std::fs::remove_file(&path);
-        assert_eq!(interfaces.len(), 2, "{interfaces:?}");
+        assert_eq!(interfaces.len(), 4, "{interfaces:?}");
+        let linktypes: Vec<DataLink> = interfaces.iter().map(|i| i.linktype).collect();
+        assert_eq!(
+            linktypes,
+            [DataLink::RAW, DataLink::RAW, NO_IP_HEADER, NO_IP_HEADER]
+        );
         for i in &interfaces {
-            assert_eq!(i.linktype, DataLink::RAW);
             assert!(i
                 .options
                 .contains(&InterfaceDescriptionOption::IfTsResol(NANOSECONDS)));
@@ -444,19 +476,18 @@ mod tests {
         assert_eq!(packets.len(), hops.len());
         for (p, (r, ev)) in packets.iter().zip(&hops) {
             assert_eq!(p.timestamp, Duration::from_nanos(r.time_ns));
-            assert_eq!(p.original_len, r.len);
+            assert_eq!(p.original_len, ev.net_len, "the IP length, not skb->len");
             let comment = EnhancedPacketOption::Comment(hop_comment(r).into());
             assert_eq!(p.options, vec![comment]);
-            if ev.l3 != 0 {
-                assert_eq!(&p.data[..], ev.headers());
-            }
+            assert_eq!(&p.data[..], ev.headers());
         }
         // The drop hop's packet is the datagram after the DNAT: destination port 47004.
         assert_eq!(&packets[2].data[22..24], &47004u16.to_be_bytes());
         assert_eq!(packets[1].interface_id, 1, "B's tr-b is a second interface");
         assert_eq!(packets[4].data.len(), HDR_BYTES);
         assert_eq!(packets[4].original_len, 20 + 8 + 3000);
-        assert!(packets[5].data.is_empty(), "ARP is not written as IP");
+        assert_eq!(packets[5].interface_id, 2, "ARP is not written as IP");
+        assert_eq!(packets[6].interface_id, 3, "nor an empty packet (client:-)");
     }
 
     /// Runs tshark on `path` with `args`, returns its stdout.
@@ -556,7 +587,8 @@ mod tests {
                 comments[4]
             )
         );
-        assert_eq!(lines[5], format!("client:tr-a;0;28;;;;;;;{}", comments[5]));
+        assert_eq!(lines[5], format!("client:tr-a;28;28;;;;;;;{}", comments[5]));
+        assert_eq!(lines[6], format!("client:-;0;0;;;;;;;{}", comments[6]));
         // Nanoseconds survive: the second hop is 7 µs after the first.
         let times: Vec<&str> = times.lines().collect();
         assert_eq!(times[0], "1700000000.000000000");

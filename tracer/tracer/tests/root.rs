@@ -960,3 +960,159 @@ fn every_differential_expression_loads_in_the_kernel() {
         }
     });
 }
+
+/// Runs `tshark -r FILE ARGS` and returns its stdout (panics with its stderr if it fails).
+fn tshark(file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("cannot run tshark: apt-get install tshark (cargo xtask setup does)");
+    assert!(
+        out.status.success(),
+        "tshark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `path --pcap`: the DNAT-to-a-closed-port case, exported. tshark opens the file with no
+/// malformed packet and no expert error, finds one packet per event line, in the same order,
+/// with that hop's comment and interface; and the packet BYTES (copied by the kernel side at
+/// each hop, dissected by Wireshark) show the tuple that the tracer's own parser showed — the
+/// destination port 47003 entering B, 47004 after the DNAT, at the drop.
+#[test]
+fn path_pcap_exports_every_hop_for_tshark() {
+    let _serial = need_root();
+    hygienic(|| {
+        let (a, b) = cable_with_dnat_to_a_closed_port();
+        let file = std::env::temp_dir().join(format!(
+            "tracer-test-{}-{}.pcapng",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let file_arg = file.to_str().unwrap().to_string();
+        let t = Tracer::start(&[
+            "path",
+            "--track-skb",
+            "--pcap",
+            &file_arg,
+            "--duration",
+            "4",
+            "udp and dst port 47003",
+        ]);
+        let sport = a.send_udp("10.99.0.2:47003");
+        let (events, err) = t.finish();
+        let dump = events
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            err.contains(&format!("tracer: {} packet", events.len()))
+                && err.contains(" written to "),
+            "{err}"
+        );
+        let malformed = tshark(&file, &["-Y", "_ws.malformed"]);
+        let errors = tshark(&file, &["-Y", "_ws.expert.severity == error"]);
+        let fields = tshark(
+            &file,
+            &[
+                "-T",
+                "fields",
+                "-E",
+                "separator=;",
+                "-e",
+                "frame.interface_name",
+                "-e",
+                "ip.src",
+                "-e",
+                "udp.srcport",
+                "-e",
+                "ip.dst",
+                "-e",
+                "udp.dstport",
+                "-e",
+                "frame.len",
+                "-e",
+                "ip.len",
+                "-e",
+                "frame.comment",
+            ],
+        );
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(malformed, "", "malformed packets; events:\n{dump}");
+        assert_eq!(errors, "", "expert errors; events:\n{dump}");
+        let packets: Vec<Vec<&str>> = fields.lines().map(|l| l.split(';').collect()).collect();
+        assert_eq!(
+            packets.len(),
+            events.len(),
+            "one packet per event line:\n{fields}\n{dump}"
+        );
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        for (p, e) in packets.iter().zip(&events) {
+            let netns = e["netns"].as_u64().unwrap();
+            let iface = if e["ifindex"] == 0 {
+                "-".to_string()
+            } else {
+                text(&e["ifname"])
+            };
+            assert_eq!(p[0], format!("{netns}:{iface}"), "{p:?} {e}");
+            let comment = p[7];
+            assert!(
+                comment.starts_with(e["event"].as_str().unwrap())
+                    && comment.contains(&format!(" | netns {netns} | "))
+                    && comment.ends_with(&format!(" | skb {}", text(&e["skb"]))),
+                "{comment:?} {e}"
+            );
+            if p[6].is_empty() {
+                // Not dissected as IP: only for a hop without IP, or with no data left (a
+                // freed skb whose tuple the tracer read from stale memory).
+                assert!(e["src"].is_null() || e["len"] == 0, "{p:?} {e}");
+                continue;
+            }
+            // The bytes Wireshark dissected say what the tracer's parser said.
+            assert_eq!(
+                p[1..5],
+                [
+                    text(&e["src"]),
+                    text(&e["sport"]),
+                    text(&e["dst"]),
+                    text(&e["dport"])
+                ],
+                "{p:?} {e}"
+            );
+            // The packet's length, measured by the kernel side from the network header at
+            // this hop (skb->len counts from skb->data, which moves), is what its IP header says.
+            assert_eq!(p[5], p[6], "frame.len vs ip.len: {p:?} {e}");
+        }
+        // Our datagram, in B: before the DNAT (47003) and at its drop (47004, NO_SOCKET).
+        let ours: Vec<(&Vec<&str>, &Value)> = packets
+            .iter()
+            .zip(&events)
+            .filter(|(_, e)| e["sport"] == sport && e["netns"] == b.inode)
+            .collect();
+        assert!(
+            ours.iter().any(|(p, _)| p[4] == "47003"),
+            "no packet entering B with port 47003:\n{fields}"
+        );
+        let (drop, _) = ours
+            .iter()
+            .find(|(_, e)| e["event"] == "kfree_skb")
+            .unwrap_or_else(|| panic!("no drop among B's packets:\n{fields}\n{dump}"));
+        assert_eq!(
+            drop[1..5],
+            ["10.99.0.1", &sport.to_string(), "10.99.0.2", "47004"]
+        );
+        assert!(
+            drop[7].starts_with("kfree_skb NO_SOCKET at "),
+            "the drop's comment: {:?}",
+            drop[7]
+        );
+    });
+}
