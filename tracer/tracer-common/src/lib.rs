@@ -288,12 +288,19 @@ impl Default for Event {
     }
 }
 
+/// The bytes of an [`Event`] before its `--pcap` part (`hdr_len`, `net_len`, `hdr`). Without
+/// `--pcap` the kernel side sends only these, so the ring buffer holds as many events as before
+/// the header bytes existed; userspace reads a shorter item as an `Event` whose `--pcap` part
+/// is zero.
+pub const EVENT_BYTES_WITHOUT_HEADERS: usize = core::mem::offset_of!(Event, hdr_len);
+
 /// Index of the one counter in the `LOST` per-CPU array: events that did not fit in the ring
 /// buffer (userspace too slow). The tracer prints their sum at exit — events are never lost silently.
 pub const LOST_INDEX: u32 = 0;
 
 // The layouts are part of the contract between both sides: a size change must be deliberate.
 const _: () = assert!(core::mem::size_of::<Event>() == 112 + 8 + HDR_BYTES);
+const _: () = assert!(EVENT_BYTES_WITHOUT_HEADERS == 112);
 const _: () = assert!(core::mem::size_of::<Config>() == 316 + 16 + 40 * MAX_INSNS);
 
 #[cfg(feature = "user")]

@@ -19,7 +19,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tracer_common::{Config, Event, Filter, LOST_INDEX, MAX_SLOTS};
+use tracer_common::{Config, Event, Filter, EVENT_BYTES_WITHOUT_HEADERS, LOST_INDEX, MAX_SLOTS};
 
 use crate::btf::{self, Btf, DropReasons, SkbTracepoint, VMLINUX_BTF};
 
@@ -373,9 +373,15 @@ impl Tracer {
         );
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if item.len() >= std::mem::size_of::<Event>() {
-                // SAFETY: the kernel side wrote exactly one `Event` (a Pod type) here.
-                let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            // A whole `Event`, or (without --pcap) its first EVENT_BYTES_WITHOUT_HEADERS.
+            if item.len() >= EVENT_BYTES_WITHOUT_HEADERS {
+                let mut ev = Event::ZERO;
+                let len = item.len().min(std::mem::size_of::<Event>());
+                // SAFETY: `Event` is a Pod type (any bytes are a valid value) and at most its
+                // size is copied into it, from an item at least that long.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(item.as_ptr(), (&raw mut ev).cast::<u8>(), len)
+                };
                 on_event(&ev);
                 n += 1;
             }
