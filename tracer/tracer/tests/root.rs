@@ -1116,3 +1116,81 @@ fn path_pcap_exports_every_hop_for_tshark() {
         );
     });
 }
+
+/// `path --pcap` with IPv6, and why an event carries 96 bytes: a datagram to a closed port over
+/// IPv6 loopback is answered with an ICMPv6 "port unreachable" that quotes it — 40 + 8 bytes of
+/// ICMPv6, then the datagram's own 40 + 8 bytes of headers, then its payload. tshark dissects
+/// that error (captured: exactly 96 bytes of its 119) down to the quoted UDP ports, with no
+/// malformed packet.
+#[test]
+fn path_pcap_ipv6_icmp_error_keeps_the_quoted_headers() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let file = std::env::temp_dir().join(format!(
+            "tracer-test-{}-{}.pcapng",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let file_arg = file.to_str().unwrap().to_string();
+        let t = Tracer::start(&[
+            "path",
+            "--netns",
+            &ino,
+            "--pcap",
+            &file_arg,
+            "--duration",
+            "3",
+            "ip6",
+        ]);
+        let sport = ns.send_udp("[::1]:4001");
+        let (events, err) = t.finish();
+        let malformed = tshark(&file, &["-Y", "_ws.malformed"]);
+        let errors = tshark(&file, &["-Y", "_ws.expert.severity == error"]);
+        let fields = tshark(
+            &file,
+            &[
+                "-T",
+                "fields",
+                "-E",
+                "separator=;",
+                "-e",
+                "icmpv6.type",
+                "-e",
+                "udp.srcport",
+                "-e",
+                "udp.dstport",
+                "-e",
+                "frame.cap_len",
+                "-e",
+                "frame.len",
+                "-e",
+                "frame.comment",
+            ],
+        );
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(malformed, "", "malformed packets; stderr: {err}");
+        assert_eq!(errors, "", "expert errors");
+        let packets: Vec<Vec<&str>> = fields.lines().map(|l| l.split(';').collect()).collect();
+        assert_eq!(
+            packets.len(),
+            events.len(),
+            "one packet per event:\n{fields}"
+        );
+        let datagram = 40 + 8 + "where did my packet go?".len();
+        let sport = sport.to_string();
+        assert!(
+            packets.iter().any(|p| p[0].is_empty()
+                && p[1..5] == [&sport, "4001", &datagram.to_string(), &datagram.to_string()]),
+            "the datagram, whole:\n{fields}"
+        );
+        // Type 1 = destination unreachable; the quoted datagram's ports are dissected.
+        let error = packets
+            .iter()
+            .find(|p| p[0] == "1" && p[1] == sport && p[2] == "4001")
+            .unwrap_or_else(|| panic!("no ICMPv6 error quoting our datagram:\n{fields}"));
+        assert_eq!(error[3], tracer_common::HDR_BYTES.to_string(), "{error:?}");
+        assert_eq!(error[4], (40 + 8 + datagram).to_string(), "{error:?}");
+    });
+}
