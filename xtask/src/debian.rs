@@ -148,6 +148,15 @@ pub fn extract(deb: &Path, into: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The package's version (`dpkg-deb -f DEB Version`), e.g. `1.0.5-1`.
+pub fn version_of(deb: &Path) -> Result<String> {
+    let mut f = Command::new("dpkg-deb");
+    f.arg("-f").arg(deb).arg("Version");
+    Ok(run(f, &format!("dpkg-deb -f {}", deb.display()))?
+        .trim()
+        .to_string())
+}
+
 /// `docker.io`'s `usr/sbin/docker-proxy` from `deb`, copied to `target` (unpacked in `work`).
 pub fn copy_docker_proxy(deb: &Path, work: &Path, target: &Path) -> Result<()> {
     let unpacked = work.join("x");

@@ -122,22 +122,27 @@ fn private_apt(cache: &Path, suite: &str) -> Result<PrivateApt> {
 }
 
 /// pwru, the article's own tool, from Debian trixie (`pwru` 1.0.x), unpacked under
-/// `cache/tools/pwru` (never installed). It runs with the host's libc and libpcap.
-pub fn fetch_pwru(cache: &Path) -> Result<PathBuf> {
+/// `cache/tools/pwru` (never installed). It runs with the host's libc and libpcap. Returns
+/// the binary and the package's version (Debian's pwru says `pwru version unknown`).
+pub fn fetch_pwru(cache: &Path) -> Result<(PathBuf, String)> {
     let dir = cache.join("tools/pwru");
     let binary = dir.join("usr/bin/pwru");
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    let apt = private_apt(cache, "trixie")?;
     let debs = cache.join("tools/debs");
-    for deb in apt.download(&debs, &["pwru"])? {
-        debian::extract(&deb, &dir)?;
-    }
     if !binary.is_file() {
-        bail!("the pwru package has no usr/bin/pwru");
+        let apt = private_apt(cache, "trixie")?;
+        for deb in apt.download(&debs, &["pwru"])? {
+            debian::extract(&deb, &dir)?;
+        }
+        if !binary.is_file() {
+            bail!("the pwru package has no usr/bin/pwru");
+        }
     }
-    Ok(binary)
+    let version = debian::debs_in(&debs)
+        .unwrap_or_default()
+        .iter()
+        .find_map(|deb| debian::version_of(deb).ok())
+        .unwrap_or_else(|| "(version unknown)".into());
+    Ok((binary, version))
 }
 
 /// Downloads and unpacks `spec` under `cache` (once: a `release` file marks it done).

@@ -247,8 +247,12 @@ pub fn matrix(
 /// kernel, and pwru beside the tracer on [`PWRU_KERNEL`].
 pub fn ci_matrix(root: &Path, course: &Course, timeout: u64) -> Result<Vec<KernelRun>> {
     let all: Vec<String> = suites::SUITES.iter().map(|s| s.to_string()).collect();
-    let pwru_on_one = |kernel: &str, suite: &str| suite != "pwru" || kernel == PWRU_KERNEL;
-    run_matrix(root, course, &fetch::KERNELS, &all, &pwru_on_one, timeout)
+    run_matrix(root, course, &fetch::KERNELS, &all, &runs_in_ci, timeout)
+}
+
+/// In CI, every suite runs on every kernel, except pwru: on [`PWRU_KERNEL`] only.
+fn runs_in_ci(kernel: &str, suite: &str) -> bool {
+    suite != "pwru" || kernel == PWRU_KERNEL
 }
 
 /// Builds the suites once, then runs on each kernel the suites that `runs_on(kernel, suite)`.
@@ -298,4 +302,25 @@ fn run_matrix(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_runs_every_suite_on_every_kernel_and_pwru_on_one() {
+        for spec in fetch::KERNELS {
+            for suite in suites::SUITES {
+                let expected = suite != "pwru" || spec.name == "6.12";
+                assert_eq!(
+                    runs_in_ci(spec.name, suite),
+                    expected,
+                    "{} {suite}",
+                    spec.name
+                );
+            }
+        }
+        assert!(fetch::KERNELS.iter().any(|k| k.name == PWRU_KERNEL));
+    }
 }

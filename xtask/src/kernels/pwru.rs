@@ -349,6 +349,10 @@ pub struct Comparison {
     /// Seconds from pwru's start until it said it was attached (`--ready-file`).
     pub pwru_attach_seconds: f64,
     pub pwru_attached_functions: Option<u32>,
+    /// Every event pwru printed during `lab repro`.
+    pub pwru_all_events: usize,
+    /// pwru's events in the story world's namespaces (those of the hop table), and their
+    /// distinct functions.
     pub pwru_events: usize,
     pub pwru_functions: usize,
     /// Seconds from `tracer path`'s start until attached; its own count and attach time.
@@ -461,8 +465,20 @@ pub fn compare(
     events: &[PwruEvent],
     drop_functions: &BTreeSet<String>,
 ) -> Comparison {
+    // pwru runs through all of `lab repro` (the story, then a control run and the homework
+    // in fresh worlds, whose namespaces the hop table does not name); the hop table covers
+    // the story's world. Compare within its namespaces (every event if pwru names none).
+    let story_netns: BTreeSet<u64> = hops.iter().filter_map(|h| h.netns).collect();
+    let all_events = events;
+    let events: Vec<PwruEvent> = all_events
+        .iter()
+        .filter(|e| story_netns.is_empty() || e.netns.is_none_or(|n| story_netns.contains(&n)))
+        .cloned()
+        .collect();
+    let events = events.as_slice();
     let mut c = Comparison {
         hops: hops.len(),
+        pwru_all_events: all_events.len(),
         pwru_events: events.len(),
         pwru_functions: events
             .iter()
@@ -671,16 +687,19 @@ pub fn render(c: &Comparison) -> String {
         .pwru_attached_functions
         .map_or("functions".to_string(), |n| format!("{n} functions"));
     let tracer_attach = match (c.tracer_attached, c.tracer_attach_ms) {
-        (Some(n), Some(ms)) => format!("{n} tracepoints (`tp_btf`), {ms:.0} ms to attach"),
+        (Some(n), Some(ms)) => format!(
+            "{n} tracepoints (`tp_btf`), attached in {:.1} s",
+            ms / 1000.0
+        ),
         _ => "tracepoints (`tp_btf`)".to_string(),
     };
     out.push_str(&format!(
-        "| attach (`--ready-file`, from start) | {functions} (kprobes), {:.1} s | {tracer_attach}, {:.1} s |\n",
+        "| attach (started → ready: `--ready-file`) | {functions} (kprobes), ready after {:.1} s | `tracer path`: {tracer_attach}, ready after {:.1} s |\n",
         c.pwru_attach_seconds, c.tracer_ready_seconds
     ));
     out.push_str(&format!(
-        "| events for the story | {} events, {} distinct functions | {} hops of the hop table, {} events at {} distinct tracepoints |\n",
-        c.pwru_events, c.pwru_functions, c.hops, c.tracer_events, c.tracer_points
+        "| events in the story's namespaces | {} events ({} in all of `lab repro`), {} distinct functions | {} hops of the hop table, {} events at {} distinct tracepoints |\n",
+        c.pwru_events, c.pwru_all_events, c.pwru_functions, c.hops, c.tracer_events, c.tracer_points
     ));
     for (i, t) in c.tuples.iter().enumerate() {
         let nodes = if t.tracer_nodes.is_empty() {
@@ -720,10 +739,19 @@ pub fn render(c: &Comparison) -> String {
         "| the lost answer dropped | {pwru_drop} | {} |\n",
         c.tracer_drop.as_deref().unwrap_or("✗ none")
     ));
+    let netfilter: Vec<String> = c
+        .pwru_top
+        .iter()
+        .filter(|(f, _)| family(f) == "netfilter")
+        .map(|(f, n)| format!("`{f}` ×{n}"))
+        .collect();
     let families: Vec<String> = c
         .pwru_families
         .iter()
-        .map(|(f, n)| format!("{f} {n}"))
+        .map(|(f, n)| match f.as_str() {
+            "netfilter" => format!("netfilter {n}: {}", netfilter.join(", ")),
+            _ => format!("{f} {n}"),
+        })
         .collect();
     let top: Vec<String> = c
         .pwru_top
@@ -756,7 +784,7 @@ pub fn render(c: &Comparison) -> String {
         }
     };
     out.push_str(&format!(
-        "| tuples only this tool saw | {} | {} |\n",
+        "| tuples only this tool saw (pwru also sees `lab repro`'s control run) | {} | {} |\n",
         list(&c.only_pwru),
         list(&c.only_tracer)
     ));
@@ -783,6 +811,8 @@ pub fn record(readme: &str, table: &str) -> Result<String> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Programs {
     pub pwru: PathBuf,
+    /// The package's version (the binary does not know its own).
+    pub pwru_version: String,
     pub tracer: PathBuf,
     pub lab: PathBuf,
 }
@@ -849,10 +879,7 @@ pub fn run_in_guest(
         );
     }
     let drops = drop_functions(&String::from_utf8_lossy(&dump.stdout));
-    let version = proc::output_of(&programs.pwru.to_string_lossy(), &["--version"])
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let version = programs.pwru_version.clone();
     let release = proc::output_of("uname", &["-r"])
         .unwrap_or_default()
         .trim()
@@ -1132,6 +1159,33 @@ mod tests {
         assert!(c.failures.is_empty(), "{:?}", c.failures);
         assert_eq!(c.pwru_drop.as_deref(), Some("sk_skb_reason_drop in dind2"));
         assert_eq!(c.tuples[4].pwru_nodes, ["host", "dind2"]);
+    }
+
+    #[test]
+    fn pwru_events_outside_the_story_world_do_not_count() {
+        let drops: BTreeSet<String> = ["sk_skb_reason_drop".to_string()].into();
+        let hops = parse_hop_table(STORY_HOPS);
+        // Tuple 3 seen only in a namespace of another world (netns 99): not the story's.
+        let out: String = story_events("sk_skb_reason_drop")
+            .lines()
+            .map(|l| {
+                if l.contains("172.18.0.1:37047->") {
+                    l.replace(" 172.18.0.1:37047->", " netns=99 172.18.0.1:37047->")
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = compare(&hops, &parse_pwru(&out), &drops);
+        assert!(
+            c.failures
+                .iter()
+                .any(|f| f.contains("pwru did not see 172.18.0.1:37047")),
+            "{:?}",
+            c.failures
+        );
+        assert_eq!((c.pwru_all_events, c.pwru_events), (6, 5));
     }
 
     #[test]

@@ -140,12 +140,18 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
     }
     if want("pwru") {
         build_lab(root)?;
-        let pwru = super::fetch::fetch_pwru(&root.join(".course/kernels"))?;
+        let fetching = std::time::Instant::now();
+        let (pwru, version) = super::fetch::fetch_pwru(&root.join(".course/kernels"))?;
+        eprintln!(
+            "kernels: pwru {version} ready in {:.1} s",
+            fetching.elapsed().as_secs_f64()
+        );
         suites.push(Suite {
             name: "pwru".into(),
             runs: vec![Run::Pwru {
                 programs: super::pwru::Programs {
                     pwru,
+                    pwru_version: format!("pwru {version} (Debian trixie)"),
                     // Built by `matrix` before the boot (the guest records its capabilities).
                     tracer: target_dir(root).join("debug/tracer"),
                     lab: target_dir(root).join("debug/lab"),
