@@ -542,7 +542,7 @@ pub fn compare(
             proxy.as_str(),
         ),
         (
-            "the proxy's answer to dind2 (lost)",
+            "the proxy's answer to dind2: lost",
             answer_to_dind2.as_str(),
             DIND2,
         ),
