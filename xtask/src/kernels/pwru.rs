@@ -915,11 +915,12 @@ pub fn run_in_guest(
         let tracer_attach = wait_ready(&mut tracer, &tracer_ready, limit, "tracer path");
         let mut repro = Command::new(&programs.lab);
         repro.arg("repro").current_dir(cwd);
-        let run = proc::run_captured(repro, limit)?;
-        std::fs::write(dir.join("repro.out"), &run.output)?;
+        let run = proc::run_captured(repro, limit);
         // The last events still travel through the tools' ring buffers.
         std::thread::sleep(Duration::from_secs(2));
         stop(&mut tracer, limit)?;
+        let run = run?;
+        std::fs::write(dir.join("repro.out"), &run.output)?;
         let tracer_attach = tracer_attach?;
         if !run.success() {
             bail!(

@@ -17,8 +17,9 @@ use crate::outcome::Verdict;
 use crate::proc;
 
 /// The suites, in the order they run; `--suite` takes these names. Without `--suite`, all
-/// but `pwru` (the article's tool beside the course's tracer on the story: it needs kprobes,
-/// and takes minutes to attach where kprobe-multi is missing, as on 6.1).
+/// but `pwru` (the article's tool beside the course's tracer on the story, [`super::pwru`]:
+/// it needs kprobes, and takes minutes to attach where kprobe-multi is missing, as on 6.1;
+/// CI runs it on 6.12).
 pub const SUITES: [&str; 5] = ["tracer", "netlab", "repro", "checks", "pwru"];
 
 /// What to run: test binaries (each test in its own process) or one command.
@@ -138,6 +139,25 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
             }],
         });
     }
+    if want("checks") {
+        let mut runs = Vec::new();
+        for ex in &course.exercises {
+            let package = format!("solution-{}", ex.slug);
+            match cargo_build::build_check(root, &package, false)? {
+                Build::Built(executable) => runs.push(Run::Tests {
+                    executable,
+                    cwd: root.join("solutions").join(&ex.dir),
+                }),
+                Build::Failed { culprits } => {
+                    bail!("{package}'s checks do not build ({})", culprits.join(", "))
+                }
+            }
+        }
+        suites.push(Suite {
+            name: "checks".into(),
+            runs,
+        });
+    }
     if want("pwru") {
         build_lab(root)?;
         let fetching = std::time::Instant::now();
@@ -158,25 +178,6 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
                 },
                 cwd: root.to_path_buf(),
             }],
-        });
-    }
-    if want("checks") {
-        let mut runs = Vec::new();
-        for ex in &course.exercises {
-            let package = format!("solution-{}", ex.slug);
-            match cargo_build::build_check(root, &package, false)? {
-                Build::Built(executable) => runs.push(Run::Tests {
-                    executable,
-                    cwd: root.join("solutions").join(&ex.dir),
-                }),
-                Build::Failed { culprits } => {
-                    bail!("{package}'s checks do not build ({})", culprits.join(", "))
-                }
-            }
-        }
-        suites.push(Suite {
-            name: "checks".into(),
-            runs,
         });
     }
     Ok(Plan {
