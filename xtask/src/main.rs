@@ -20,6 +20,7 @@ mod cargo_build;
 mod check_runner;
 mod ci;
 mod cli;
+mod debian;
 mod devcheck;
 mod doctor;
 mod kernels;

@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::SetupArgs;
+use crate::debian;
 use crate::doctor::{self, Level};
 use crate::proc;
 use crate::spinner::{self, LongStep};
@@ -334,7 +335,8 @@ pub fn ebpf_toolchain_plan() -> Vec<String> {
 }
 
 /// Docker 20.10's `docker-proxy`, extracted from Debian's `docker.io` package without
-/// installing it (the story's real userland proxy, to compare the learner's with).
+/// installing it (the story's real userland proxy, to compare the learner's with). The
+/// machine's own apt configuration (bookworm) has this version.
 fn docker_proxy(root: &Path) -> Result<()> {
     let target = doctor::docker_proxy_path(root);
     if target.is_file() {
@@ -346,38 +348,11 @@ fn docker_proxy(root: &Path) -> Result<()> {
     }
     let work = std::env::temp_dir().join(format!("xtask-docker-proxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
     let result = (|| -> Result<()> {
         step("apt-get download docker.io (the package is not installed)");
-        if !proc::run_visible(
-            Command::new("apt-get")
-                .current_dir(&work)
-                .args(["download", "docker.io"]),
-        )? {
-            bail!("apt-get download docker.io failed (as root, `apt-get update` first may help)");
-        }
-        let deb = std::fs::read_dir(&work)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb file")?;
-        step(&format!("dpkg-deb -x {} x", deb.display()));
-        if !proc::run_visible(
-            Command::new("dpkg-deb")
-                .current_dir(&work)
-                .arg("-x")
-                .arg(&deb)
-                .arg("x"),
-        )? {
-            bail!("dpkg-deb could not extract {}", deb.display());
-        }
-        let extracted = work.join("x/usr/sbin/docker-proxy");
-        if !extracted.is_file() {
-            bail!("{} has no usr/sbin/docker-proxy", deb.display());
-        }
-        std::fs::create_dir_all(target.parent().unwrap_or(root))?;
-        std::fs::copy(&extracted, &target)
-            .with_context(|| format!("cannot copy docker-proxy to {}", target.display()))?;
+        let debs = debian::download_from_system_apt(&work.join("download"), &["docker.io"])?;
+        step(&format!("dpkg-deb -x {} x", debs[0].display()));
+        debian::copy_docker_proxy(&debs[0], &work, &target)?;
         step(&format!("docker-proxy installed at {}", target.display()));
         Ok(())
     })();
@@ -389,91 +364,27 @@ fn docker_proxy(root: &Path) -> Result<()> {
 /// package of Debian's `sid` suite, extracted without installing it, for exercise 8's
 /// side-by-side check. The machine's apt configuration is never touched: apt reads a
 /// source list of our own and keeps its package lists and cache in a temporary
-/// directory (`-o Dir::Etc::sourcelist=… -o Dir::State::Lists=… -o Dir::Cache=…`), which
-/// needs no root.
+/// directory ([`debian::PrivateApt`]), which needs no root.
 fn docker_proxy_28(root: &Path) -> Result<()> {
-    const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
     let target = root.join(".course/tools/docker-proxy-28");
     if target.is_file() {
         step(&format!("docker-proxy 28 already at {}", target.display()));
         return Ok(());
     }
-    if proc::which("apt-get").is_none() || proc::which("dpkg-deb").is_none() {
-        bail!("needs apt-get and dpkg-deb (Debian/Ubuntu) to fetch sid's docker.io docker-proxy");
-    }
-    if !Path::new(KEYRING).is_file() {
-        bail!("{KEYRING} is missing: install the `debian-archive-keyring` package, then run setup again");
-    }
     let work = std::env::temp_dir().join(format!("xtask-docker-proxy-28-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    for dir in ["lists/partial", "cache/archives/partial", "download"] {
-        std::fs::create_dir_all(work.join(dir))?;
-    }
     let result = (|| -> Result<()> {
-        let sources = work.join("sources.list");
-        std::fs::write(
-            &sources,
-            format!("deb [signed-by={KEYRING}] http://deb.debian.org/debian sid main\n"),
-        )?;
-        // The same private options for both apt-get calls.
-        let apt = |action: &str| {
-            let mut cmd = Command::new("apt-get");
-            cmd.current_dir(work.join("download"))
-                .arg("-o")
-                .arg(format!("Dir::Etc::sourcelist={}", sources.display()))
-                .args(["-o", "Dir::Etc::sourceparts=-"])
-                .arg("-o")
-                .arg(format!(
-                    "Dir::State::Lists={}",
-                    work.join("lists").display()
-                ))
-                .arg("-o")
-                .arg(format!("Dir::Cache={}", work.join("cache").display()))
-                .args(["-o", "Acquire::Languages=none"])
-                .args([
-                    "-o",
-                    "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
-                ])
-                // As root, apt downloads as user _apt, who cannot write to our directory.
-                .args(["-o", "APT::Sandbox::User=root"])
-                .args(["-q", action]);
-            cmd
-        };
+        let apt = debian::PrivateApt::new(&work, "sid")?;
         step("apt-get update, with a private source list for Debian sid (your apt configuration is not touched)");
-        if !proc::run_visible(&mut apt("update"))? {
-            bail!(
-                "apt-get update of Debian sid's package list failed (is deb.debian.org reachable?)"
-            );
-        }
+        apt.update()
+            .context("apt-get update of Debian sid's package list failed")?;
         step("apt-get download docker.io (from sid; the package is not installed)");
-        if !proc::run_visible(apt("download").arg("docker.io"))? {
-            bail!("apt-get download docker.io from sid failed");
-        }
-        let deb = std::fs::read_dir(work.join("download"))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .context("apt-get download left no .deb file")?;
-        step(&format!("dpkg-deb -x {} x", deb.display()));
-        if !proc::run_visible(
-            Command::new("dpkg-deb")
-                .current_dir(&work)
-                .arg("-x")
-                .arg(&deb)
-                .arg("x"),
-        )? {
-            bail!("dpkg-deb could not extract {}", deb.display());
-        }
-        let extracted = work.join("x/usr/sbin/docker-proxy");
-        if !extracted.is_file() {
-            bail!("{} has no usr/sbin/docker-proxy", deb.display());
-        }
-        std::fs::create_dir_all(target.parent().unwrap_or(root))?;
-        std::fs::copy(&extracted, &target)
-            .with_context(|| format!("cannot copy docker-proxy to {}", target.display()))?;
+        let debs = apt.download(&work.join("download"), &["docker.io"])?;
+        step(&format!("dpkg-deb -x {} x", debs[0].display()));
+        debian::copy_docker_proxy(&debs[0], &work, &target)?;
         step(&format!(
             "docker-proxy 28 ({}) installed at {}",
-            deb.file_name().unwrap_or_default().to_string_lossy(),
+            debs[0].file_name().unwrap_or_default().to_string_lossy(),
             target.display()
         ));
         Ok(())

@@ -1,8 +1,8 @@
 //! Getting Debian's kernels without touching the machine's apt configuration.
 //!
 //! apt is pointed at a private source list, lists directory and cache under
-//! `.course/kernels/apt/<suite>/` (`-o Dir::Etc::sourcelist=… -o Dir::Etc::sourceparts=- -o
-//! Dir::State::Lists=… -o Dir::Cache=…`): `/etc/apt` and `/var/lib/apt` are never written.
+//! `.course/kernels/apt/<suite>/` ([`crate::debian::PrivateApt`]): `/etc/apt` and
+//! `/var/lib/apt` are never written.
 //! `apt-get download` fetches the packages (verified against Debian's archive key), `dpkg-deb
 //! -x` unpacks them into a directory of our own, and `depmod -b` indexes the modules there.
 
@@ -11,6 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::debian::{self, PrivateApt};
 use crate::proc;
 
 /// One of the course's kernels: which Debian suite ships it and under which package names.
@@ -93,23 +94,6 @@ pub fn newest<'a>(spec: &KernelSpec, names: impl Iterator<Item = &'a str>) -> Op
         .map(str::to_string)
 }
 
-/// apt-get/apt-cache with the private configuration of `suite`.
-fn apt(program: &str, dir: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.arg("-o")
-        .arg(format!(
-            "Dir::Etc::sourcelist={}",
-            dir.join("sources.list").display()
-        ))
-        .args(["-o", "Dir::Etc::sourceparts=-"])
-        .arg("-o")
-        .arg(format!("Dir::State::Lists={}", dir.join("lists").display()))
-        .arg("-o")
-        .arg(format!("Dir::Cache={}", dir.join("cache").display()))
-        .args(["-o", "Debug::NoLocking=1", "-q"]);
-    cmd
-}
-
 fn run(mut cmd: Command, what: &str) -> Result<String> {
     let out = cmd
         .stdin(std::process::Stdio::null())
@@ -126,49 +110,39 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
 }
 
 /// A private apt configuration for `suite` under `cache/apt/<suite>`, updated.
-fn private_apt(cache: &Path, suite: &str) -> Result<PathBuf> {
+fn private_apt(cache: &Path, suite: &str) -> Result<PrivateApt> {
     let apt_dir = cache.join("apt").join(suite);
-    std::fs::create_dir_all(apt_dir.join("lists/partial"))?;
-    std::fs::create_dir_all(apt_dir.join("cache/archives/partial"))?;
-    std::fs::write(
-        apt_dir.join("sources.list"),
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"
-        ),
-    )?;
+    let apt = PrivateApt::new(&apt_dir, suite)?;
     eprintln!(
         "kernels: apt-get update for {suite} (private lists in {})",
         apt_dir.display()
     );
-    let mut update = apt("apt-get", &apt_dir);
-    update.arg("update");
-    run(update, "apt-get update")?;
-    Ok(apt_dir)
+    apt.update()?;
+    Ok(apt)
 }
 
 /// pwru, the article's own tool, from Debian trixie (`pwru` 1.0.x), unpacked under
-/// `cache/tools/pwru` (never installed). It runs with the host's libc and libpcap.
-pub fn fetch_pwru(cache: &Path) -> Result<PathBuf> {
+/// `cache/tools/pwru` (never installed). It runs with the host's libc and libpcap. Returns
+/// the binary and the package's version (Debian's pwru says `pwru version unknown`).
+pub fn fetch_pwru(cache: &Path) -> Result<(PathBuf, String)> {
     let dir = cache.join("tools/pwru");
     let binary = dir.join("usr/bin/pwru");
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    let apt_dir = private_apt(cache, "trixie")?;
     let debs = cache.join("tools/debs");
-    std::fs::create_dir_all(&debs)?;
-    let mut download = apt("apt-get", &apt_dir);
-    download.current_dir(&debs).args(["download", "pwru"]);
-    run(download, "apt-get download pwru")?;
-    for deb in std::fs::read_dir(&debs)? {
-        let mut x = Command::new("dpkg-deb");
-        x.arg("-x").arg(deb?.path()).arg(&dir);
-        run(x, "dpkg-deb -x")?;
-    }
     if !binary.is_file() {
-        bail!("the pwru package has no usr/bin/pwru");
+        let apt = private_apt(cache, "trixie")?;
+        for deb in apt.download(&debs, &["pwru"])? {
+            debian::extract(&deb, &dir)?;
+        }
+        if !binary.is_file() {
+            bail!("the pwru package has no usr/bin/pwru");
+        }
     }
-    Ok(binary)
+    let version = debian::debs_in(&debs)
+        .unwrap_or_default()
+        .iter()
+        .find_map(|deb| debian::version_of(deb).ok())
+        .unwrap_or_else(|| "(version unknown)".into());
+    Ok((binary, version))
 }
 
 /// Downloads and unpacks `spec` under `cache` (once: a `release` file marks it done).
@@ -184,11 +158,9 @@ pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
             bail!("{tool} is missing: `cargo xtask setup --kernels` installs the kernel matrix's tools (kmod, qemu-system-x86, busybox-static, cpio, xz-utils, zstd)");
         }
     }
-    let apt_dir = private_apt(cache, spec.suite)?;
-    let mut names = apt("apt-cache", &apt_dir);
-    names.args(["pkgnames", spec.prefix]);
-    let names = run(names, "apt-cache pkgnames")?;
-    let version = newest(spec, names.lines()).with_context(|| {
+    let apt = private_apt(cache, spec.suite)?;
+    let names = apt.package_names(spec.prefix)?;
+    let version = newest(spec, names.iter().map(String::as_str)).with_context(|| {
         format!(
             "no {}N{} package in Debian {}",
             spec.prefix, spec.suffix, spec.suite
@@ -206,14 +178,9 @@ pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
             .map(|(p, s)| format!("{p}{version}{s}")),
     );
     eprintln!("kernels: downloading {}", packages.join(" "));
-    let mut download = apt("apt-get", &apt_dir);
-    download.current_dir(&debs).arg("download").args(&packages);
-    run(download, "apt-get download")?;
-    for deb in std::fs::read_dir(&debs)? {
-        let deb = deb?.path();
-        let mut x = Command::new("dpkg-deb");
-        x.arg("-x").arg(&deb).arg(&tree);
-        run(x, "dpkg-deb -x")?;
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    for deb in apt.download(&debs, &packages)? {
+        debian::extract(&deb, &tree)?;
     }
     // Modules under lib/modules (6.1) or usr/lib/modules (6.12+): one place for depmod -b.
     let usr_modules = tree.join("usr/lib/modules");

@@ -17,39 +17,10 @@ use crate::outcome::Verdict;
 use crate::proc;
 
 /// The suites, in the order they run; `--suite` takes these names. Without `--suite`, all
-/// but `pwru` (the article's tool beside the course's tracer on the story: it needs kprobes,
-/// and takes minutes to attach where kprobe-multi is missing, as on 6.1).
+/// but `pwru` (the article's tool beside the course's tracer on the story, [`super::pwru`]:
+/// it needs kprobes, and takes minutes to attach where kprobe-multi is missing, as on 6.1;
+/// CI runs it on 6.12).
 pub const SUITES: [&str; 5] = ["tracer", "netlab", "repro", "checks", "pwru"];
-
-/// The pwru suite: pwru (`--output-tuple`, the story's filter) records while `lab repro`
-/// runs; both outputs go to the guest's log, and it passes when pwru saw the answer dropped
-/// with NO_SOCKET on the same tuple that the tracer's hop table shows.
-const PWRU_SCRIPT: &str = r#"
-pwru="$1"; lab="$2"
-start=$(date +%s.%N)
-"$pwru" --output-tuple --ready-file /tmp/pwru.ready 'udp and port 4000' > /tmp/pwru.out 2> /tmp/pwru.err &
-p=$!
-i=0; while [ ! -e /tmp/pwru.ready ] && [ $i -lt 1200 ]; do sleep 0.5; i=$((i+1)); done
-ready=$(date +%s.%N)
-echo "pwru-compare: pwru attached in $(echo "$ready - $start" | bc) s"
-"$lab" repro > /tmp/repro.out 2>&1
-sleep 2; kill -INT $p; wait $p
-echo "pwru-compare: --- lab repro ---"; cat /tmp/repro.out
-echo "pwru-compare: --- pwru stderr ---"; cat /tmp/pwru.err
-echo "pwru-compare: --- pwru ($(wc -l < /tmp/pwru.out) lines) ---"; head -c 60000 /tmp/pwru.out
-fail() { echo "pwru-compare: $1"; exit 1; }
-# The tracer's drop: the hop table's NO_SOCKET line, e.g. `172.18.0.1:4000 > 172.18.0.3:34320`.
-t=$(grep 'DROPPED: NO_SOCKET' /tmp/repro.out | head -1 | grep -o '[0-9.]*:[0-9]* > [0-9.]*:[0-9]*' | head -1)
-[ -n "$t" ] || fail "the tracer's hop table shows no NO_SOCKET drop"
-want=$(echo "$t" | sed 's/ > /->/')
-# pwru's: the drop function on the same tuple (kfree_skb_reason up to 6.10, sk_skb_reason_drop
-# since 6.11; pwru 1.0.5 names the reason only for the former).
-drop=$(grep -E 'kfree_skb_reason|sk_skb_reason_drop' /tmp/pwru.out | grep -F "$want" | head -1)
-[ -n "$drop" ] || fail "pwru saw no drop of $want"
-echo "pwru-compare: pwru's drop: $drop"
-echo "pwru-compare: pwru: $(grep -c -- '->' /tmp/pwru.out) events in $(grep -- '->' /tmp/pwru.out | awk '{print $4}' | sort -u | wc -l) functions; tracer: $(grep -c '^ *[0-9][0-9]* *+' /tmp/repro.out) hop lines"
-echo "pwru-compare: ok ($t dropped in both)"
-"#;
 
 /// What to run: test binaries (each test in its own process) or one command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +37,11 @@ pub enum Run {
         cwd: PathBuf,
         /// The output must contain this (e.g. the hop table's heading).
         expect: String,
+    },
+    /// pwru beside the course's tracer on `lab repro`, compared ([`super::pwru`]).
+    Pwru {
+        programs: super::pwru::Programs,
+        cwd: PathBuf,
     },
 }
 
@@ -163,26 +139,6 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
             }],
         });
     }
-    if want("pwru") {
-        build_lab(root)?;
-        let pwru = super::fetch::fetch_pwru(&root.join(".course/kernels"))?;
-        suites.push(Suite {
-            name: "pwru".into(),
-            runs: vec![Run::Command {
-                label: "pwru beside the tracer".into(),
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    PWRU_SCRIPT.into(),
-                    "pwru-compare".into(),
-                    pwru.display().to_string(),
-                    target_dir(root).join("debug/lab").display().to_string(),
-                ],
-                cwd: root.to_path_buf(),
-                expect: "pwru-compare: ok".into(),
-            }],
-        });
-    }
     if want("checks") {
         let mut runs = Vec::new();
         for ex in &course.exercises {
@@ -200,6 +156,28 @@ pub fn build_plan(root: &Path, course: &Course, wanted: &[String], timeout: u64)
         suites.push(Suite {
             name: "checks".into(),
             runs,
+        });
+    }
+    if want("pwru") {
+        build_lab(root)?;
+        let fetching = std::time::Instant::now();
+        let (pwru, version) = super::fetch::fetch_pwru(&root.join(".course/kernels"))?;
+        eprintln!(
+            "kernels: pwru {version} ready in {:.1} s",
+            fetching.elapsed().as_secs_f64()
+        );
+        suites.push(Suite {
+            name: "pwru".into(),
+            runs: vec![Run::Pwru {
+                programs: super::pwru::Programs {
+                    pwru,
+                    pwru_version: format!("pwru {version} (Debian trixie)"),
+                    // Built by `matrix` before the boot (the guest records its capabilities).
+                    tracer: target_dir(root).join("debug/tracer"),
+                    lab: target_dir(root).join("debug/lab"),
+                },
+                cwd: root.to_path_buf(),
+            }],
         });
     }
     Ok(Plan {
@@ -290,6 +268,30 @@ pub fn run_in_guest(root: &Path, plan_path: &Path) -> Result<bool> {
                                 o.failed += 1;
                                 o.failures.push(format!("{bin} {test}: {other:?}"));
                             }
+                        }
+                    }
+                }
+                Run::Pwru { programs, cwd } => {
+                    let dir = plan_path.parent().unwrap_or(Path::new("."));
+                    match super::pwru::run_in_guest(programs, cwd, dir, timeout * 2) {
+                        Ok(c) => {
+                            eprintln!(
+                                "guest:   pwru beside the tracer:\n{}",
+                                super::pwru::render(&c)
+                            );
+                            if c.failures.is_empty() {
+                                o.passed += 1;
+                            } else {
+                                o.failed += 1;
+                                o.failures.push(format!(
+                                    "pwru beside the tracer: {}",
+                                    c.failures.join("; ")
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            o.failed += 1;
+                            o.failures.push(format!("pwru beside the tracer: {e:#}"));
                         }
                     }
                 }

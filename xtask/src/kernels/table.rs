@@ -90,6 +90,7 @@ mod tests {
             }],
             error: None,
             capabilities: String::new(),
+            pwru: None,
         };
         let table = render(&[row], &plan);
         let line = table.lines().nth(1).unwrap();
