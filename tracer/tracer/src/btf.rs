@@ -308,6 +308,125 @@ pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
         dev_net: f("net_device", "nd_net.net", 8)?,
         sk_net: f("sock", "__sk_common.skc_net.net", 8)?,
         net_inum: f("net", "ns.inum", 4)?,
+        // Conntrack's fields are filled in by [`conntrack_layout`] when the kernel has them.
+        skb_nfct: 0,
+        ct_status: 0,
+        ct_tuple_orig: 0,
+        ct_tuple_reply: 0,
+    })
+}
+
+/// Where a `struct nf_conntrack_tuple`'s fields are, in bytes from its start: what userspace
+/// needs to read the raw tuple bytes the kernel side copied ([`tracer_common::Event::ct_orig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TupleLayout {
+    /// `sizeof(struct nf_conntrack_tuple)` (40 on every kernel since 2.6).
+    pub size: u32,
+    /// `src.u3`: the source address (`union nf_inet_addr`, 16 bytes; IPv4 in the first 4).
+    pub src_addr: u32,
+    /// `src.u.all`: the source port (or ICMP id), big-endian.
+    pub src_port: u32,
+    /// `src.l3num`: the address family (`AF_INET`, `AF_INET6`).
+    pub l3num: u32,
+    /// `dst.u3`: the destination address.
+    pub dst_addr: u32,
+    /// `dst.u.all`: the destination port (or ICMP type and code), big-endian.
+    pub dst_port: u32,
+    /// `dst.protonum`: the IP protocol number.
+    pub protonum: u32,
+}
+
+/// Conntrack's place in this kernel: the offsets the kernel side follows from `skb->_nfct`,
+/// and the tuple's layout for userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLayout {
+    /// `sk_buff._nfct`.
+    pub skb_nfct: u32,
+    /// `nf_conn.status`, counted from the `struct nf_conntrack *` that `_nfct` points to.
+    pub status: u32,
+    /// `nf_conn.tuplehash[0].tuple` (the ORIGINAL direction), from the same pointer.
+    pub tuple_orig: u32,
+    /// `nf_conn.tuplehash[1].tuple` (the REPLY direction), from the same pointer.
+    pub tuple_reply: u32,
+    pub tuple: TupleLayout,
+}
+
+impl CtLayout {
+    /// Writes the kernel side's part into the load-time offsets.
+    pub fn apply(&self, offsets: &mut Offsets) {
+        offsets.skb_nfct = self.skb_nfct;
+        offsets.ct_status = self.status;
+        offsets.ct_tuple_orig = self.tuple_orig;
+        offsets.ct_tuple_reply = self.tuple_reply;
+    }
+}
+
+/// Where conntrack keeps what the tracer shows, in THIS kernel: `sk_buff._nfct`, and in
+/// `struct nf_conn` the status bits and the two tuples (`tuplehash[2]`, an array of
+/// `struct nf_conntrack_tuple_hash`, each a hash-list node followed by the `tuple`).
+///
+/// An error means the kernel has no conntrack (built without `CONFIG_NF_CONNTRACK`, so neither
+/// `_nfct` nor `struct nf_conn` is in its BTF) or lays it out in a way the tracer cannot read:
+/// the tracer then runs without the conntrack column and says so once.
+pub fn conntrack_layout(btf: &Btf) -> Result<CtLayout> {
+    let sized = |s: &str, path: &str, size: u32| -> Result<u32> {
+        let field = btf.field(s, path)?;
+        if field.size != size {
+            bail!(
+                "{s}.{path} is {} bytes in this kernel, the tracer expects {size}",
+                field.size
+            );
+        }
+        Ok(field.offset)
+    };
+    let skb_nfct = sized("sk_buff", "_nfct", 8)?;
+    // `_nfct` points at `ct_general`, the nf_conn's first member: count from there.
+    let general = btf.field("nf_conn", "ct_general")?.offset;
+    let from_general = |off: u32| {
+        off.checked_sub(general)
+            .ok_or_else(|| anyhow!("nf_conn.ct_general is not before the fields the tracer reads"))
+    };
+    let status = from_general(sized("nf_conn", "status", 8)?)?;
+    let hashes = btf.field("nf_conn", "tuplehash")?;
+    let hash_size = btf
+        .types
+        .size_of(
+            btf.find("nf_conntrack_tuple_hash", |t| {
+                matches!(t, TypeVariant::Struct(_))
+            })
+            .ok_or_else(|| anyhow!("struct nf_conntrack_tuple_hash not found"))?,
+        )
+        .map_err(btf_error)? as u32;
+    if hash_size == 0 || hashes.size != 2 * hash_size {
+        bail!(
+            "nf_conn.tuplehash is {} bytes, not two nf_conntrack_tuple_hash of {hash_size}",
+            hashes.size
+        );
+    }
+    let tuple_in_hash = btf.field("nf_conntrack_tuple_hash", "tuple")?;
+    let words = tracer_common::CT_TUPLE_WORDS as u32 * 8;
+    if tuple_in_hash.size > words {
+        bail!(
+            "struct nf_conntrack_tuple is {} bytes in this kernel; the tracer copies {words}",
+            tuple_in_hash.size
+        );
+    }
+    let tuple_orig = from_general(hashes.offset + tuple_in_hash.offset)?;
+    let t = |path: &str, size: u32| sized("nf_conntrack_tuple", path, size);
+    Ok(CtLayout {
+        skb_nfct,
+        status,
+        tuple_orig,
+        tuple_reply: tuple_orig + hash_size,
+        tuple: TupleLayout {
+            size: tuple_in_hash.size,
+            src_addr: t("src.u3", 16)?,
+            src_port: t("src.u.all", 2)?,
+            l3num: t("src.l3num", 2)?,
+            dst_addr: t("dst.u3", 16)?,
+            dst_port: t("dst.u.all", 2)?,
+            protonum: t("dst.protonum", 1)?,
+        },
     })
 }
 
