@@ -68,12 +68,13 @@ impl Ct {
         }
     }
 
-    /// One short line: `new 172.18.0.1:4000>172.18.0.3:34320 reply 172.18.0.3:34320>172.18.0.1:4000
-    /// [unconfirmed]`, with the status bits in the brackets once there are any.
+    /// One short line: `new orig 172.18.0.1:4000>172.18.0.3:34320 reply
+    /// 172.18.0.3:34320>172.18.0.1:4000 [unconfirmed]`, with the status bits in the brackets
+    /// once there are any.
     pub fn compact(&self) -> String {
         let mut s = self.state.clone();
         if let Some(orig) = &self.orig {
-            s.push(' ');
+            s.push_str(" orig ");
             s.push_str(orig);
         }
         if let Some(reply) = &self.reply {
@@ -331,7 +332,7 @@ mod tests {
         assert!(!ct.confirmed());
         assert_eq!(
             ct.compact(),
-            "new 172.18.0.1:4000>172.18.0.3:34320 reply 172.18.0.3:34320>172.18.0.1:4000 [unconfirmed]"
+            "new orig 172.18.0.1:4000>172.18.0.3:34320 reply 172.18.0.3:34320>172.18.0.1:4000 [unconfirmed]"
         );
         let json = serde_json::to_value(&ct).unwrap();
         assert_eq!(json["state"], "new");

@@ -1,0 +1,113 @@
+//! The conntrack line under each hop of `repro`'s hop table.
+//!
+//! Exercise 7's answer groups the tracer's events into hops and prints the table; the tracer
+//! also read, at every event, the conntrack entry the skb carried (`Record::ct`: `skb->_nfct`
+//! followed to the `struct nf_conn`). This module adds that to the table without changing the
+//! exercise: under each hop, which entry the skb had (state, both tuples, status bits) and
+//! whether NAT is set up on it. Then it reads the story out of those entries, in the kernel's
+//! own words — only what the events show, nothing assumed.
+
+use solution_skb_path::{Hop, Record};
+use tracer::conntrack::Ct;
+
+/// What conntrack `hop`'s events carried, in order, each change once (`None`: no entry on the
+/// skb at that event; conntrack attaches one in its first netfilter hook). A hop's events are
+/// its skb's events in its namespace with its tuple, from its first event until the skb's next
+/// hop starts (`hops` is the whole table, to find that next hop).
+fn cts_of(hop: &Hop, hops: &[Hop], records: &[Record]) -> Vec<Option<Ct>> {
+    let until = hops
+        .iter()
+        .filter(|h| h.skb == hop.skb && h.first_ns > hop.first_ns)
+        .map(|h| h.first_ns)
+        .min()
+        .unwrap_or(u64::MAX);
+    let mut records: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.skb == hop.skb && r.netns == hop.netns && r.tuple() == hop.tuple)
+        .filter(|r| r.time_ns >= hop.first_ns && r.time_ns < until)
+        .collect();
+    records.sort_by_key(|r| r.time_ns);
+    let mut seen: Vec<Option<Ct>> = Vec::new();
+    for ct in records.iter().map(|r| r.ct.clone()) {
+        if seen.last() != Some(&ct) {
+            seen.push(ct);
+        }
+    }
+    seen
+}
+
+/// One entry in a few words: `new orig 1.2.3.4:5>… reply …>… [CONFIRMED,DST_NAT] (DNAT)`.
+fn describe(ct: &Ct) -> String {
+    if ct.orig.is_none() {
+        return ct.compact();
+    }
+    format!("{} ({})", ct.compact(), ct.nat())
+}
+
+/// `table` (the text of `format_hop_table`: a header, then one line per hop of `hops`) with a
+/// `ct:` line under each hop.
+pub fn annotate(table: &str, hops: &[Hop], records: &[Record]) -> String {
+    let mut lines = table.lines();
+    let Some(header) = lines.next() else {
+        return table.to_string();
+    };
+    let indent = " ".repeat(header.find("NODE").unwrap_or(4));
+    let mut out = format!("{header}\n");
+    for (line, hop) in lines.zip(hops) {
+        out.push_str(line);
+        out.push('\n');
+        let cts = cts_of(hop, hops, records);
+        let text = match cts.as_slice() {
+            [] | [None] => "none on the skb".to_string(),
+            cts => cts
+                .iter()
+                .map(|ct| ct.as_ref().map_or_else(|| "none".to_string(), describe))
+                .collect::<Vec<_>>()
+                .join(" → "),
+        };
+        out.push_str(&format!("{indent}└ ct: {text}\n"));
+    }
+    out
+}
+
+/// What the entries say about the story, when the events show it: the client's entry in the
+/// node `client_node` (SNAT set up, waiting for an answer with its reply tuple), and the entry
+/// the answer `answer` (`src:sport>dst:dport`) started there instead — seen on the answer's
+/// own skb, or on the ICMP error about it, which is `related_reply` to that entry.
+pub fn story(
+    hops: &[Hop],
+    records: &[Record],
+    node_of: impl Fn(u32) -> Option<String>,
+    client_node: &str,
+    answer: &str,
+) -> Option<String> {
+    let in_node = |h: &&Hop| node_of(h.netns).as_deref() == Some(client_node);
+    let cts: Vec<Ct> = hops
+        .iter()
+        .filter(in_node)
+        .flat_map(|h| cts_of(h, hops, records))
+        .flatten()
+        .collect();
+    let client = cts
+        .iter()
+        .find(|ct| ct.has("SRC_NAT") && ct.orig.as_deref() != Some(answer))?;
+    let own = cts.iter().find(|ct| ct.orig.as_deref() == Some(answer))?;
+    Some(format!(
+        "In conntrack's own words, in {client_node}: the client's entry {orig} is set up for \
+         SNAT and waits for the answer {expected}.\nThe answer came as {answer}: it matched no \
+         entry and started its own ({state} on {its}, {status}).",
+        orig = client.orig.as_deref().unwrap_or("?"),
+        expected = client.reply.as_deref().unwrap_or("?"),
+        state = own.state,
+        its = if own.state.starts_with("related") {
+            "the ICMP error about it"
+        } else {
+            "its skb"
+        },
+        status = if own.status.is_empty() {
+            "unconfirmed".to_string()
+        } else {
+            own.status.join(",")
+        },
+    ))
+}
