@@ -111,3 +111,113 @@ pub fn story(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(state: &str, orig: &str, reply: &str, status: &[&str]) -> Ct {
+        Ct {
+            state: state.into(),
+            orig: Some(orig.into()),
+            reply: Some(reply.into()),
+            status: status.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn record(time_ns: u64, skb: &str, netns: u32, src: &str, dst: &str, ct: Option<Ct>) -> Record {
+        let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) =
+            (src.parse().unwrap(), dst.parse().unwrap());
+        Record {
+            time_ns,
+            skb: skb.into(),
+            netns,
+            event: "netif_receive_skb".into(),
+            ifname: "eth0".into(),
+            proto: "udp".into(),
+            ip_proto: 17,
+            src: Some(src.ip()),
+            dst: Some(dst.ip()),
+            sport: Some(src.port()),
+            dport: Some(dst.port()),
+            ct,
+            ..Record::default()
+        }
+    }
+
+    /// The client's datagram in dind2 (its entry born, then SNAT set up), and the answer, whose
+    /// ICMP error names the entry it started: each hop gets its line, the story its words.
+    #[test]
+    fn each_hop_gets_its_ct_line_and_the_story_is_read_from_them() {
+        let client = ct(
+            "new",
+            "172.17.0.2:34320>192.168.0.239:4000",
+            "192.168.0.239:4000>172.18.0.3:34320",
+            &["CONFIRMED", "SRC_NAT"],
+        );
+        let answers = ct(
+            "related_reply",
+            "172.18.0.1:4000>172.18.0.3:34320",
+            "172.18.0.3:34320>172.18.0.1:4000",
+            &["CONFIRMED"],
+        );
+        let (c, s, a) = ("172.17.0.2:34320", "192.168.0.239:4000", "172.18.0.3:34320");
+        let records = vec![
+            record(1, "0x1", 7, c, s, None),
+            record(2, "0x1", 7, c, s, Some(client.clone())),
+            record(3, "0x1", 7, a, s, Some(client.clone())),
+            record(4, "0x2", 7, "172.18.0.1:4000", a, None),
+        ];
+        let mut icmp = record(5, "0x3", 7, a, "172.18.0.1:4000", Some(answers));
+        icmp.proto = "icmp".into();
+        let records = [records, vec![icmp]].concat();
+        let hops = solution_skb_path::hops(&records);
+        assert_eq!(hops.len(), 4);
+        let node_of = |n: u32| (n == 7).then(|| "dind2".to_string());
+        let table = solution_skb_path::format_hop_table(&hops, node_of);
+        let text = annotate(&table, &hops, &records);
+        let ct_lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("└ ct: "))
+            .collect();
+        assert_eq!(
+            ct_lines,
+            [
+                "none → new orig 172.17.0.2:34320>192.168.0.239:4000 reply \
+                 192.168.0.239:4000>172.18.0.3:34320 [CONFIRMED,SRC_NAT] (SNAT)",
+                "new orig 172.17.0.2:34320>192.168.0.239:4000 reply \
+                 192.168.0.239:4000>172.18.0.3:34320 [CONFIRMED,SRC_NAT] (SNAT)",
+                "none on the skb",
+                "related_reply orig 172.18.0.1:4000>172.18.0.3:34320 reply \
+                 172.18.0.3:34320>172.18.0.1:4000 [CONFIRMED] (no NAT)",
+            ]
+        );
+        let words = story(
+            &hops,
+            &records,
+            node_of,
+            "dind2",
+            "172.18.0.1:4000>172.18.0.3:34320",
+        )
+        .expect("the story's entries are all there");
+        assert!(
+            words.contains("waits for the answer 192.168.0.239:4000>172.18.0.3:34320"),
+            "{words}"
+        );
+        assert!(
+            words.contains("related_reply on the ICMP error about it, CONFIRMED"),
+            "{words}"
+        );
+        // Without the answer's entry, nothing is claimed.
+        assert_eq!(
+            story(
+                &hops,
+                &records[..4],
+                node_of,
+                "dind2",
+                "172.18.0.1:4000>172.18.0.3:34320"
+            ),
+            None
+        );
+    }
+}
