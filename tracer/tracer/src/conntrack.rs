@@ -69,8 +69,8 @@ impl Ct {
     }
 
     /// One short line: `new orig 172.18.0.1:4000>172.18.0.3:34320 reply
-    /// 172.18.0.3:34320>172.18.0.1:4000 [unconfirmed]`, with the status bits in the brackets
-    /// once there are any.
+    /// 172.18.0.3:34320>172.18.0.1:4000 [DST_NAT_DONE] unconfirmed`: the status bits in the
+    /// brackets (when there are any), and `unconfirmed` until `IPS_CONFIRMED` is set.
     pub fn compact(&self) -> String {
         let mut s = self.state.clone();
         if let Some(orig) = &self.orig {
@@ -82,10 +82,12 @@ impl Ct {
             s.push_str(reply);
         }
         if self.orig.is_some() {
-            if self.status.is_empty() {
-                s.push_str(" [unconfirmed]");
-            } else {
+            if !self.status.is_empty() {
                 s.push_str(&format!(" [{}]", self.status.join(",")));
+            }
+            if !self.confirmed() {
+                // Not in the table yet: the skb has not passed conntrack's last hook.
+                s.push_str(" unconfirmed");
             }
         }
         s
@@ -332,7 +334,7 @@ mod tests {
         assert!(!ct.confirmed());
         assert_eq!(
             ct.compact(),
-            "new orig 172.18.0.1:4000>172.18.0.3:34320 reply 172.18.0.3:34320>172.18.0.1:4000 [unconfirmed]"
+            "new orig 172.18.0.1:4000>172.18.0.3:34320 reply 172.18.0.3:34320>172.18.0.1:4000 unconfirmed"
         );
         let json = serde_json::to_value(&ct).unwrap();
         assert_eq!(json["state"], "new");
