@@ -175,7 +175,11 @@ mod hops {
                         .collect();
                     let table = solution_skb_path::hops(&records);
                     let text = solution_skb_path::format_hop_table(&table, node_of);
-                    let text = super::hop_ct::annotate(&text, &table, &records);
+                    let ct_readable = super::hop_ct::readable();
+                    let text = match &ct_readable {
+                        Ok(()) => super::hop_ct::annotate(&text, &table, &records),
+                        Err(_) => text,
+                    };
                     // The book's figure of this table (`cargo xtask book --refresh`).
                     if let Some(path) = std::env::var_os("LAB_JOURNEY_SVG") {
                         let steps: Vec<super::journey::Step> = table
@@ -193,6 +197,9 @@ mod hops {
                     }
                     for line in text.lines() {
                         println!("  {line}");
+                    }
+                    if let Err(why) = &ct_readable {
+                        println!("  (no conntrack per hop on this kernel: {why})");
                     }
                     let answer = format!(
                         "{}:{}>{}:{}",

@@ -381,7 +381,13 @@ pub fn conntrack_layout(btf: &Btf) -> Result<CtLayout> {
     };
     let skb_nfct = sized("sk_buff", "_nfct", 8)?;
     // `_nfct` points at `ct_general`, the nf_conn's first member: count from there.
-    let general = btf.field("nf_conn", "ct_general")?.offset;
+    let general = btf
+        .field("nf_conn", "ct_general")
+        .context(
+            "conntrack's own types are not in vmlinux's BTF (conntrack built as a module keeps \
+             them in /sys/kernel/btf/nf_conntrack, split BTF, which the tracer does not read yet)",
+        )?
+        .offset;
     let from_general = |off: u32| {
         off.checked_sub(general)
             .ok_or_else(|| anyhow!("nf_conn.ct_general is not before the fields the tracer reads"))

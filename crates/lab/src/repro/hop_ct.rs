@@ -8,7 +8,18 @@
 //! own words — only what the events show, nothing assumed.
 
 use solution_skb_path::{Hop, Record};
-use tracer::conntrack::Ct;
+use tracer::conntrack::{Ct, CtDecoder};
+
+/// Whether the tracer can read conntrack entries on this kernel, or why not (a kernel without
+/// conntrack, or with conntrack built as a module, whose types are not in vmlinux's BTF). Then
+/// the table gets no `ct:` lines: "none on the skb" would be a claim nobody checked.
+pub fn readable() -> Result<(), String> {
+    let btf =
+        tracer::btf::Btf::from_file(tracer::btf::VMLINUX_BTF).map_err(|e| format!("{e:#}"))?;
+    CtDecoder::load(&btf)
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+}
 
 /// What conntrack `hop`'s events carried, in order, each change once (`None`: no entry on the
 /// skb at that event; conntrack attaches one in its first netfilter hook). A hop's events are
