@@ -111,6 +111,20 @@ impl Btf {
         Ok(Btf { types })
     }
 
+    /// vmlinux's BTF (`base`) and a module's (`/sys/kernel/btf/<module>`) as one: see
+    /// [`join_split`].
+    pub fn with_module(base: impl AsRef<Path>, module: impl AsRef<Path>) -> Result<Btf> {
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let joined = join_split(&read(base.as_ref())?, &read(module.as_ref())?)?;
+        Btf::parse(&joined).with_context(|| {
+            format!(
+                "cannot parse {} joined to its base",
+                module.as_ref().display()
+            )
+        })
+    }
+
     /// Everything btfparse knows: every type by id, names, sizes, `offset_of`.
     pub fn types(&self) -> &TypeInformation {
         &self.types
@@ -283,6 +297,49 @@ impl Btf {
     }
 }
 
+/// One standalone BTF blob from a base (vmlinux) and a module's *split* BTF.
+///
+/// A module built separately (Debian's `nf_conntrack.ko`, for one) publishes its own types in
+/// `/sys/kernel/btf/<module>` as split BTF: its type ids continue after the base's last one, and
+/// its string offsets after the base's string section, so a module type can name `u32` or
+/// `struct list_head` from vmlinux. Concatenating the two type sections and the two string
+/// sections therefore gives a blob in which every id and offset means what it meant — one btfparse
+/// reads like any other (it has no split BTF reader).
+pub fn join_split(base: &[u8], split: &[u8]) -> Result<Vec<u8>> {
+    /// (types, strings) of a blob, from its header.
+    fn sections(blob: &[u8]) -> Result<(&[u8], &[u8])> {
+        let word = |at: usize| -> Result<usize> {
+            let b = blob
+                .get(at..at + 4)
+                .ok_or_else(|| anyhow!("BTF header truncated"))?;
+            Ok(u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        };
+        if blob.get(0..2) != Some(&0xeb9fu16.to_le_bytes()[..]) {
+            bail!("not little-endian BTF (bad magic)");
+        }
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (word(4)?, word(8)?, word(12)?, word(16)?, word(20)?);
+        let part = |off: usize, len: usize| {
+            blob.get(hdr_len + off..hdr_len + off + len)
+                .ok_or_else(|| anyhow!("BTF section out of bounds"))
+        };
+        Ok((part(type_off, type_len)?, part(str_off, str_len)?))
+    }
+    let (base_types, base_strings) = sections(base).context("the base BTF")?;
+    let (split_types, split_strings) = sections(split).context("the module's BTF")?;
+    let type_len = base_types.len() + split_types.len();
+    let str_len = base_strings.len() + split_strings.len();
+    let mut out = Vec::with_capacity(24 + type_len + str_len);
+    out.extend_from_slice(&base[0..4]); // magic, version, flags
+    for w in [24, 0, type_len, type_len, str_len] {
+        out.extend_from_slice(&u32::try_from(w)?.to_le_bytes());
+    }
+    for part in [base_types, split_types, base_strings, split_strings] {
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
 /// Computes every offset the eBPF program needs, and checks the field sizes it assumes.
 pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
     let f = |s: &str, path: &str, size: u32| -> Result<u32> {
@@ -384,8 +441,8 @@ pub fn conntrack_layout(btf: &Btf) -> Result<CtLayout> {
     let general = btf
         .field("nf_conn", "ct_general")
         .context(
-            "conntrack's own types are not in vmlinux's BTF (conntrack built as a module keeps \
-             them in /sys/kernel/btf/nf_conntrack, split BTF, which the tracer does not read yet)",
+            "conntrack's own types are not in this BTF (a kernel without conntrack, or a modular \
+             conntrack: its types are in /sys/kernel/btf/nf_conntrack once the module is loaded)",
         )?
         .offset;
     let from_general = |off: u32| {
@@ -684,6 +741,9 @@ mod tests {
         types: Vec<u8>,
         strings: Vec<u8>,
         next_id: u32,
+        /// Where this blob's strings start in the combined string space (split BTF: after the
+        /// base's).
+        str_base: u32,
     }
 
     impl Builder {
@@ -694,11 +754,19 @@ mod tests {
                 ..Default::default()
             }
         }
+        /// A split BTF on top of `base`: ids and string offsets continue after the base's.
+        fn split_of(base: &Builder) -> Self {
+            Builder {
+                next_id: base.next_id,
+                str_base: base.strings.len() as u32,
+                ..Default::default()
+            }
+        }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(name.as_bytes());
             self.strings.push(0);
             off
@@ -846,6 +914,43 @@ mod tests {
                 flags: SLOT_FREES_SKB
             }
         );
+    }
+
+    /// A module's split BTF (struct nf_conn using vmlinux's `unsigned int` and `sk_buff`), joined
+    /// to its base: every id and name resolves as in the kernel.
+    #[test]
+    fn a_module_s_split_btf_joins_its_base() {
+        let mut base = Builder::new();
+        let u32_t = base.int("unsigned int", 4);
+        base.strukt("sk_buff", 16, &[("len", u32_t, 0), ("_nfct", u32_t, 64)]);
+        let list_head_ptr = base.ty("", 2, 0, false, base.next_id + 1);
+        base.strukt(
+            "list_head",
+            16,
+            &[("next", list_head_ptr, 0), ("prev", list_head_ptr, 64)],
+        );
+        let mut module = Builder::split_of(&base);
+        let general = module.strukt("nf_conntrack", 4, &[("use", u32_t, 0)]);
+        module.strukt(
+            "nf_conn",
+            16,
+            &[("ct_general", general, 0), ("status", u32_t, 96)],
+        );
+        let (base, module) = (base.finish(), module.finish());
+        // Alone, the module's blob names types it does not have.
+        assert!(Btf::parse(&module)
+            .and_then(|b| b.field("nf_conn", "status"))
+            .is_err());
+        let joined = Btf::parse(&join_split(&base, &module).unwrap()).unwrap();
+        assert_eq!(
+            joined.field("nf_conn", "status").unwrap(),
+            Field {
+                offset: 12,
+                size: 4
+            }
+        );
+        assert_eq!(joined.field("sk_buff", "_nfct").unwrap().offset, 8);
+        assert!(join_split(&base, b"not BTF at all, no").is_err());
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl KernelInfo {
         let mut offsets = btf::skb_offsets(&btf)?;
         // `TRACER_CONNTRACK=off` leaves conntrack out (to measure what reading it costs).
         let off = std::env::var_os("TRACER_CONNTRACK").is_some_and(|v| v == "off");
-        let conntrack = match crate::conntrack::CtDecoder::load(&btf) {
+        let conntrack = match crate::conntrack::CtDecoder::load_running(&btf) {
             Ok(_) if off => Err("switched off (TRACER_CONNTRACK=off)".to_string()),
             Ok((layout, decoder)) => {
                 layout.apply(&mut offsets);

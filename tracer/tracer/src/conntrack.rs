@@ -186,6 +186,23 @@ impl CtDecoder {
         Ok((layout, decoder))
     }
 
+    /// [`CtDecoder::load`] for the running kernel: from vmlinux's BTF (`vmlinux`, already
+    /// parsed) when conntrack is built in, else from vmlinux joined with the `nf_conntrack`
+    /// module's own BTF (where a modular conntrack keeps `struct nf_conn`; the module is loaded
+    /// as soon as a namespace uses NAT or conntrack).
+    pub fn load_running(vmlinux: &Btf) -> Result<(CtLayout, CtDecoder)> {
+        let builtin = match CtDecoder::load(vmlinux) {
+            Ok(found) => return Ok(found),
+            Err(e) => e,
+        };
+        let module = std::path::Path::new("/sys/kernel/btf/nf_conntrack");
+        if !module.exists() {
+            return Err(builtin);
+        }
+        let joined = Btf::with_module(btf::VMLINUX_BTF, module)?;
+        CtDecoder::load(&joined).with_context(|| format!("with {}", module.display()))
+    }
+
     /// The event's conntrack entry, or `None` when the skb has none (yet).
     pub fn decode(&self, ev: &Event) -> Option<Ct> {
         let state = |info: u8| {

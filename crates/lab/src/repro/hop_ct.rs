@@ -11,12 +11,12 @@ use solution_skb_path::{Hop, Record};
 use tracer::conntrack::{Ct, CtDecoder};
 
 /// Whether the tracer can read conntrack entries on this kernel, or why not (a kernel without
-/// conntrack, or with conntrack built as a module, whose types are not in vmlinux's BTF). Then
+/// conntrack, or a modular conntrack whose module is not loaded). Then
 /// the table gets no `ct:` lines: "none on the skb" would be a claim nobody checked.
 pub fn readable() -> Result<(), String> {
     let btf =
         tracer::btf::Btf::from_file(tracer::btf::VMLINUX_BTF).map_err(|e| format!("{e:#}"))?;
-    CtDecoder::load(&btf)
+    CtDecoder::load_running(&btf)
         .map(|_| ())
         .map_err(|e| format!("{e:#}"))
 }
