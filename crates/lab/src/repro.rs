@@ -10,6 +10,8 @@ use story::{Outcome, Story};
 use crate::style::{bold, dim, green, red};
 
 mod homework;
+#[cfg(feature = "hop-table")]
+mod hop_ct;
 #[cfg_attr(not(feature = "hop-table"), allow(dead_code))]
 mod journey;
 
@@ -127,7 +129,13 @@ mod hops {
     /// Start tracing before the client sends, if this process can.
     pub fn start() -> Option<Tracer> {
         #[cfg(feature = "hop-table")]
-        match solution_skb_path::PathTracer::start("udp and port 4000") {
+        // The story's datagrams, and the ICMP errors about them sent to the proxy's address
+        // (their conntrack entry names the datagram that caused them: see `hop_ct`).
+        match solution_skb_path::PathTracer::start(&format!(
+            "(udp and port {}) or (icmp and host {})",
+            story::PORT,
+            story::HOST_BRIDGE_ADDRESS
+        )) {
             Ok(tracer) => return Some(tracer),
             Err(error) => println!("  (no hop table: {error:#})"),
         }
@@ -167,10 +175,16 @@ mod hops {
                         .collect();
                     let table = solution_skb_path::hops(&records);
                     let text = solution_skb_path::format_hop_table(&table, node_of);
+                    let ct_readable = super::hop_ct::readable();
+                    let text = match &ct_readable {
+                        Ok(()) => super::hop_ct::annotate(&text, &table, &records),
+                        Err(_) => text,
+                    };
                     // The book's figure of this table (`cargo xtask book --refresh`).
                     if let Some(path) = std::env::var_os("LAB_JOURNEY_SVG") {
                         let steps: Vec<super::journey::Step> = table
                             .iter()
+                            .filter(|hop| !hop.tuple.contains(" type ")) // not the ICMP errors
                             .map(|hop| super::journey::Step {
                                 node: node_of(hop.netns).unwrap_or_default(),
                                 tuple: hop.tuple.clone(),
@@ -183,6 +197,24 @@ mod hops {
                     }
                     for line in text.lines() {
                         println!("  {line}");
+                    }
+                    if let Err(why) = &ct_readable {
+                        println!("  (no conntrack per hop on this kernel: {why})");
+                    }
+                    let answer = format!(
+                        "{}:{}>{}:{}",
+                        story::HOST_BRIDGE_ADDRESS,
+                        story::PORT,
+                        story::DIND2,
+                        story::CLIENT_PORT
+                    );
+                    if let Some(words) =
+                        super::hop_ct::story(&table, &records, node_of, "dind2", &answer)
+                    {
+                        println!();
+                        for line in words.lines() {
+                            println!("  {}", super::bold(line));
+                        }
                     }
                 }
                 Err(error) => println!("  (the tracer failed: {error:#})"),

@@ -156,6 +156,7 @@ impl PathTracer {
             kallsyms: Kallsyms::load().unwrap_or_else(|_| Kallsyms::parse("")),
             nodes: None,
             clock: Clock::now(),
+            conntrack: kernel.conntrack.clone().ok(),
         };
         Ok(PathTracer { tracer, decoder })
     }

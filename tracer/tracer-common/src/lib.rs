@@ -57,6 +57,18 @@ pub struct Offsets {
     /// `sk_buff.tail`: end of the linear data, as an offset from `head` (`sk_buff_data_t`, a
     /// `u32` on 64-bit kernels). Bounds the header bytes copied for `--pcap` ([`Event::hdr`]).
     pub skb_tail: u32,
+    /// `sk_buff._nfct`: the skb's conntrack entry and its `ctinfo` in the low 3 bits
+    /// (`unsigned long`). 0 = this kernel has no conntrack (no `_nfct` in its BTF): never a real
+    /// offset, since an sk_buff starts with its list pointers.
+    pub skb_nfct: u32,
+    /// `nf_conn.status` (`unsigned long`, the `IPS_*` bits), from the `struct nf_conntrack *`
+    /// that `_nfct` points to (`nf_conn.ct_general`).
+    pub ct_status: u32,
+    /// `nf_conn.tuplehash[IP_CT_DIR_ORIGINAL].tuple` (`struct nf_conntrack_tuple`), from the
+    /// same pointer.
+    pub ct_tuple_orig: u32,
+    /// `nf_conn.tuplehash[IP_CT_DIR_REPLY].tuple`, from the same pointer.
+    pub ct_tuple_reply: u32,
 }
 
 /// How to read one tracepoint's arguments. Positions count from 0 and do NOT include the leading
@@ -166,6 +178,10 @@ impl Config {
             sk_net: 0,
             net_inum: 0,
             skb_tail: 0,
+            skb_nfct: 0,
+            ct_status: 0,
+            ct_tuple_orig: 0,
+            ct_tuple_reply: 0,
         },
         filter: Filter::ZERO,
         consumed_reason: u32::MAX,
@@ -232,6 +248,20 @@ pub struct Event {
     pub daddr: [u8; 16],
     /// The device name, NUL-padded.
     pub ifname: [u8; 16],
+    /// The skb's conntrack entry (`struct nf_conn *`, `skb->_nfct` without its low 3 bits), or 0
+    /// when the skb has none (yet): conntrack attaches it in the PREROUTING/OUTPUT hooks.
+    pub ct: u64,
+    /// `nf_conn.status`: the `IPS_*` bits (CONFIRMED, SRC_NAT, DST_NAT, SEEN_REPLY, …).
+    pub ct_status: u64,
+    /// The raw bytes of `nf_conn.tuplehash[ORIGINAL].tuple` (a `struct nf_conntrack_tuple`,
+    /// 40 bytes on every kernel since 2.6; userspace reads its fields at offsets from BTF).
+    pub ct_orig: [u64; CT_TUPLE_WORDS],
+    /// The raw bytes of `nf_conn.tuplehash[REPLY].tuple`: what an answer must look like.
+    pub ct_reply: [u64; CT_TUPLE_WORDS],
+    /// `skb->_nfct & 7`: the `enum ip_conntrack_info` of this skb (NEW, ESTABLISHED, RELATED,
+    /// their `_REPLY` twins, or UNTRACKED with no entry).
+    pub ct_info: u8,
+    pub _ct_pad: [u8; 7],
     /// `path --pcap` only (else 0): how many bytes of [`hdr`](Event::hdr) are the packet's —
     /// at most [`HDR_BYTES`], fewer when the skb's linear data ends sooner (`skb->tail`).
     pub hdr_len: u16,
@@ -270,6 +300,12 @@ impl Event {
         saddr: [0; 16],
         daddr: [0; 16],
         ifname: [0; 16],
+        ct: 0,
+        ct_status: 0,
+        ct_orig: [0; CT_TUPLE_WORDS],
+        ct_reply: [0; CT_TUPLE_WORDS],
+        ct_info: 0,
+        _ct_pad: [0; 7],
         hdr_len: 0,
         _pad2: [0; 2],
         net_len: 0,
@@ -294,14 +330,18 @@ impl Default for Event {
 /// is zero.
 pub const EVENT_BYTES_WITHOUT_HEADERS: usize = core::mem::offset_of!(Event, hdr_len);
 
+/// How many 8-byte words of a `struct nf_conntrack_tuple` the kernel side copies: 40 bytes.
+/// Userspace refuses a kernel whose tuple is bigger (conntrack is then simply not shown).
+pub const CT_TUPLE_WORDS: usize = 5;
+
 /// Index of the one counter in the `LOST` per-CPU array: events that did not fit in the ring
 /// buffer (userspace too slow). The tracer prints their sum at exit — events are never lost silently.
 pub const LOST_INDEX: u32 = 0;
 
 // The layouts are part of the contract between both sides: a size change must be deliberate.
-const _: () = assert!(core::mem::size_of::<Event>() == 112 + 8 + HDR_BYTES);
-const _: () = assert!(EVENT_BYTES_WITHOUT_HEADERS == 112);
-const _: () = assert!(core::mem::size_of::<Config>() == 316 + 16 + 40 * MAX_INSNS);
+const _: () = assert!(core::mem::size_of::<Event>() == 216 + 8 + HDR_BYTES);
+const _: () = assert!(EVENT_BYTES_WITHOUT_HEADERS == 216);
+const _: () = assert!(core::mem::size_of::<Config>() == 316 + 16 + 16 + 40 * MAX_INSNS);
 
 #[cfg(feature = "user")]
 mod user {

@@ -21,7 +21,6 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
-use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     helpers::{
@@ -47,13 +46,26 @@ use tracer_common::{
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::ZERO;
 
-/// Events for userspace: 4 MiB, about 37 000 events of 112 bytes (19 000 of 216 with `--pcap`).
+/// Events for userspace: 4 MiB, about 19 000 events of 216 bytes (13 000 of 320 with `--pcap`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Events that did not fit in `EVENTS` (per CPU: no atomics needed).
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The event under construction, one per CPU: at 320 bytes (with `--pcap`'s header bytes and
+/// the conntrack entry) it does not fit beside the rest of `on_skb` in the 512-byte BPF stack.
+/// `busy` guards it: a program that interrupts another on the same CPU (a hard interrupt's
+/// tracepoint) finds it set and counts its event as lost instead of overwriting the other's.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct Scratch {
+    busy: u64,
+    event: Event,
+}
 
 /// `--track-skb`: skb addresses that matched the filter once. LRU, so skbs freed in a way we do
 /// not see (there are a few) cannot fill it up.
@@ -257,12 +269,35 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
         return 0;
     }
 
-    let mut buf = MaybeUninit::<Event>::uninit();
-    // SAFETY: `zero` initialises every byte of the event.
-    let ev = unsafe {
-        zero(buf.as_mut_ptr());
-        &mut *buf.as_mut_ptr()
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: this CPU's own slot of a per-CPU array, valid while the program runs; a program
+    // nested on this CPU runs to its end before this one goes on, so `busy` needs no atomics.
+    let scratch = unsafe { &mut *scratch };
+    if scratch.busy != 0 {
+        count_lost();
+        return 0;
+    }
+    scratch.busy = 1;
+    trace_skb(ctx, slot, skb, reason, track, frees, &mut scratch.event);
+    scratch.busy = 0;
+    0
+}
+
+/// The rest of [`on_skb`], on the CPU's scratch event: zero it, decide, fill it, send it.
+#[inline(always)]
+fn trace_skb(
+    ctx: &BtfTracePointContext,
+    slot: usize,
+    skb: u64,
+    reason: u32,
+    track: bool,
+    frees: bool,
+    ev: &mut Event,
+) {
+    // SAFETY: `ev` is a whole, 8-byte aligned `Event` (a map value).
+    unsafe { zero(ev) };
     ev.reason = reason;
     ev.slot = slot as u16;
     // --track-skb: an skb we already followed is reported even if NAT changed its tuple since.
@@ -273,13 +308,13 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     // Filter as early as possible: namespace and interface first (cheap), then the tuple.
     read_device(skb, ev);
     if !tracked && !matches_device(ev) {
-        return 0;
+        return;
     }
     let mut pkt = Packet::default();
     read_tuple(skb, ev, &mut pkt);
     if !tracked {
         if !matches_tuple(&pkt) {
-            return 0;
+            return;
         }
         if track && !frees {
             let _ = TRACKED.insert(skb, 1u8, 0);
@@ -290,6 +325,7 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     }
 
     read_details(skb, ev);
+    read_ct(skb, ev);
     if config!(copy_headers) != 0 {
         read_headers(skb, ev);
     }
@@ -311,21 +347,26 @@ fn on_skb(ctx: &BtfTracePointContext, slot: u32) -> i32 {
     // SAFETY: `size` is at most the size of the event that `ev` points to.
     let bytes = unsafe { core::slice::from_raw_parts((&raw const *ev).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
-            // SAFETY: this CPU's own slot of a per-CPU array, valid while the program runs. (A
-            // program nested on this CPU by an interrupt could lose one increment: a count, not
-            // memory.)
-            unsafe { *lost += 1 };
-        }
+        count_lost();
     }
-    0
+}
+
+/// Counts one event that was not sent (ring buffer full, or the scratch event busy).
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(LOST_INDEX) {
+        // SAFETY: this CPU's own slot of a per-CPU array, valid while the program runs. (A
+        // program nested on this CPU by an interrupt could lose one increment: a count, not
+        // memory.)
+        unsafe { *lost += 1 };
+    }
 }
 
 /// Zeroes an [`Event`] with 8-byte stores (volatile, so the compiler keeps them as stores
 /// instead of turning them into a byte-by-byte `memset` loop).
 ///
 /// # Safety
-/// `ev` must be valid for writes of one `Event` and 8-byte aligned (as `MaybeUninit<Event>` is).
+/// `ev` must be valid for writes of one `Event` and 8-byte aligned (as a map value is).
 #[inline(always)]
 unsafe fn zero(ev: *mut Event) {
     const WORDS: usize = core::mem::size_of::<Event>() / 8;
@@ -335,8 +376,8 @@ unsafe fn zero(ev: *mut Event) {
     macro_rules! z {
         ($($i:literal)*) => { $( if $i < WORDS { unsafe { core::ptr::write_volatile(p.add($i), 0) } } )* };
     }
-    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26);
-    const _: () = assert!(WORDS == 27, "update z!() to the new size of Event");
+    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
+    const _: () = assert!(WORDS <= 40, "add indices to z!() for the new size of Event");
 }
 
 /// Fills the interface index and network namespace inode from `skb->dev` (or, for an skb that
@@ -365,6 +406,32 @@ fn read_details(skb: u64, ev: &mut Event) {
         let _ = unsafe { bpf_probe_read_kernel_buf(name as *const u8, &mut ev.ifname) };
     }
     ev.len = field(skb, config!(offsets.skb_len));
+}
+
+/// Fills the skb's conntrack entry: which one, its status bits and both of its tuples. Runs
+/// only for an skb that matched the filter (it costs three helper calls).
+///
+/// `skb->_nfct` is an `unsigned long`, not a typed pointer: the kernel keeps the `enum
+/// ip_conntrack_info` of THIS skb (NEW, ESTABLISHED, …_REPLY) in its low 3 bits, and the
+/// address of the `struct nf_conn` in the rest (entries are 8-byte aligned), as retis's `ct`
+/// collector reads it. The verifier therefore sees an integer, so the entry is read with
+/// `bpf_probe_read_kernel` ([`read`]), never with a plain load.
+#[inline(always)]
+fn read_ct(skb: u64, ev: &mut Event) {
+    let nfct_off = config!(offsets.skb_nfct);
+    if nfct_off == 0 {
+        return; // a kernel without conntrack
+    }
+    let nfct: u64 = field(skb, nfct_off);
+    ev.ct_info = (nfct & 7) as u8;
+    let ct = nfct & !7;
+    if ct == 0 {
+        return; // no entry (yet), or untracked
+    }
+    ev.ct = ct;
+    ev.ct_status = read(ct, config!(offsets.ct_status));
+    ev.ct_orig = read(ct, config!(offsets.ct_tuple_orig));
+    ev.ct_reply = read(ct, config!(offsets.ct_tuple_reply));
 }
 
 /// Writes 8 bytes at byte `at` (a multiple of 8) of a 16-byte address field.

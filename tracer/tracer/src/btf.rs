@@ -111,6 +111,20 @@ impl Btf {
         Ok(Btf { types })
     }
 
+    /// vmlinux's BTF (`base`) and a module's (`/sys/kernel/btf/<module>`) as one: see
+    /// [`join_split`].
+    pub fn with_module(base: impl AsRef<Path>, module: impl AsRef<Path>) -> Result<Btf> {
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let joined = join_split(&read(base.as_ref())?, &read(module.as_ref())?)?;
+        Btf::parse(&joined).with_context(|| {
+            format!(
+                "cannot parse {} joined to its base",
+                module.as_ref().display()
+            )
+        })
+    }
+
     /// Everything btfparse knows: every type by id, names, sizes, `offset_of`.
     pub fn types(&self) -> &TypeInformation {
         &self.types
@@ -283,6 +297,49 @@ impl Btf {
     }
 }
 
+/// One standalone BTF blob from a base (vmlinux) and a module's *split* BTF.
+///
+/// A module built separately (Debian's `nf_conntrack.ko`, for one) publishes its own types in
+/// `/sys/kernel/btf/<module>` as split BTF: its type ids continue after the base's last one, and
+/// its string offsets after the base's string section, so a module type can name `u32` or
+/// `struct list_head` from vmlinux. Concatenating the two type sections and the two string
+/// sections therefore gives a blob in which every id and offset means what it meant — one btfparse
+/// reads like any other (it has no split BTF reader).
+pub fn join_split(base: &[u8], split: &[u8]) -> Result<Vec<u8>> {
+    /// (types, strings) of a blob, from its header.
+    fn sections(blob: &[u8]) -> Result<(&[u8], &[u8])> {
+        let word = |at: usize| -> Result<usize> {
+            let b = blob
+                .get(at..at + 4)
+                .ok_or_else(|| anyhow!("BTF header truncated"))?;
+            Ok(u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        };
+        if blob.get(0..2) != Some(&0xeb9fu16.to_le_bytes()[..]) {
+            bail!("not little-endian BTF (bad magic)");
+        }
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (word(4)?, word(8)?, word(12)?, word(16)?, word(20)?);
+        let part = |off: usize, len: usize| {
+            blob.get(hdr_len + off..hdr_len + off + len)
+                .ok_or_else(|| anyhow!("BTF section out of bounds"))
+        };
+        Ok((part(type_off, type_len)?, part(str_off, str_len)?))
+    }
+    let (base_types, base_strings) = sections(base).context("the base BTF")?;
+    let (split_types, split_strings) = sections(split).context("the module's BTF")?;
+    let type_len = base_types.len() + split_types.len();
+    let str_len = base_strings.len() + split_strings.len();
+    let mut out = Vec::with_capacity(24 + type_len + str_len);
+    out.extend_from_slice(&base[0..4]); // magic, version, flags
+    for w in [24, 0, type_len, type_len, str_len] {
+        out.extend_from_slice(&u32::try_from(w)?.to_le_bytes());
+    }
+    for part in [base_types, split_types, base_strings, split_strings] {
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
 /// Computes every offset the eBPF program needs, and checks the field sizes it assumes.
 pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
     let f = |s: &str, path: &str, size: u32| -> Result<u32> {
@@ -309,6 +366,131 @@ pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
         sk_net: f("sock", "__sk_common.skc_net.net", 8)?,
         net_inum: f("net", "ns.inum", 4)?,
         skb_tail: f("sk_buff", "tail", 4)?,
+        // Conntrack's fields are filled in by [`conntrack_layout`] when the kernel has them.
+        skb_nfct: 0,
+        ct_status: 0,
+        ct_tuple_orig: 0,
+        ct_tuple_reply: 0,
+    })
+}
+
+/// Where a `struct nf_conntrack_tuple`'s fields are, in bytes from its start: what userspace
+/// needs to read the raw tuple bytes the kernel side copied ([`tracer_common::Event::ct_orig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TupleLayout {
+    /// `sizeof(struct nf_conntrack_tuple)` (40 on every kernel since 2.6).
+    pub size: u32,
+    /// `src.u3`: the source address (`union nf_inet_addr`, 16 bytes; IPv4 in the first 4).
+    pub src_addr: u32,
+    /// `src.u.all`: the source port (or ICMP id), big-endian.
+    pub src_port: u32,
+    /// `src.l3num`: the address family (`AF_INET`, `AF_INET6`).
+    pub l3num: u32,
+    /// `dst.u3`: the destination address.
+    pub dst_addr: u32,
+    /// `dst.u.all`: the destination port (or ICMP type and code), big-endian.
+    pub dst_port: u32,
+    /// `dst.protonum`: the IP protocol number.
+    pub protonum: u32,
+}
+
+/// Conntrack's place in this kernel: the offsets the kernel side follows from `skb->_nfct`,
+/// and the tuple's layout for userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLayout {
+    /// `sk_buff._nfct`.
+    pub skb_nfct: u32,
+    /// `nf_conn.status`, counted from the `struct nf_conntrack *` that `_nfct` points to.
+    pub status: u32,
+    /// `nf_conn.tuplehash[0].tuple` (the ORIGINAL direction), from the same pointer.
+    pub tuple_orig: u32,
+    /// `nf_conn.tuplehash[1].tuple` (the REPLY direction), from the same pointer.
+    pub tuple_reply: u32,
+    pub tuple: TupleLayout,
+}
+
+impl CtLayout {
+    /// Writes the kernel side's part into the load-time offsets.
+    pub fn apply(&self, offsets: &mut Offsets) {
+        offsets.skb_nfct = self.skb_nfct;
+        offsets.ct_status = self.status;
+        offsets.ct_tuple_orig = self.tuple_orig;
+        offsets.ct_tuple_reply = self.tuple_reply;
+    }
+}
+
+/// Where conntrack keeps what the tracer shows, in THIS kernel: `sk_buff._nfct`, and in
+/// `struct nf_conn` the status bits and the two tuples (`tuplehash[2]`, an array of
+/// `struct nf_conntrack_tuple_hash`, each a hash-list node followed by the `tuple`).
+///
+/// An error means the kernel has no conntrack (built without `CONFIG_NF_CONNTRACK`, so neither
+/// `_nfct` nor `struct nf_conn` is in its BTF) or lays it out in a way the tracer cannot read:
+/// the tracer then runs without the conntrack column and says so once.
+pub fn conntrack_layout(btf: &Btf) -> Result<CtLayout> {
+    let sized = |s: &str, path: &str, size: u32| -> Result<u32> {
+        let field = btf.field(s, path)?;
+        if field.size != size {
+            bail!(
+                "{s}.{path} is {} bytes in this kernel, the tracer expects {size}",
+                field.size
+            );
+        }
+        Ok(field.offset)
+    };
+    let skb_nfct = sized("sk_buff", "_nfct", 8)?;
+    // `_nfct` points at `ct_general`, the nf_conn's first member: count from there.
+    let general = btf
+        .field("nf_conn", "ct_general")
+        .context(
+            "conntrack's own types are not in this BTF (a kernel without conntrack, or a modular \
+             conntrack: its types are in /sys/kernel/btf/nf_conntrack once the module is loaded)",
+        )?
+        .offset;
+    let from_general = |off: u32| {
+        off.checked_sub(general)
+            .ok_or_else(|| anyhow!("nf_conn.ct_general is not before the fields the tracer reads"))
+    };
+    let status = from_general(sized("nf_conn", "status", 8)?)?;
+    let hashes = btf.field("nf_conn", "tuplehash")?;
+    let hash_size = btf
+        .types
+        .size_of(
+            btf.find("nf_conntrack_tuple_hash", |t| {
+                matches!(t, TypeVariant::Struct(_))
+            })
+            .ok_or_else(|| anyhow!("struct nf_conntrack_tuple_hash not found"))?,
+        )
+        .map_err(btf_error)? as u32;
+    if hash_size == 0 || hashes.size != 2 * hash_size {
+        bail!(
+            "nf_conn.tuplehash is {} bytes, not two nf_conntrack_tuple_hash of {hash_size}",
+            hashes.size
+        );
+    }
+    let tuple_in_hash = btf.field("nf_conntrack_tuple_hash", "tuple")?;
+    let words = tracer_common::CT_TUPLE_WORDS as u32 * 8;
+    if tuple_in_hash.size > words {
+        bail!(
+            "struct nf_conntrack_tuple is {} bytes in this kernel; the tracer copies {words}",
+            tuple_in_hash.size
+        );
+    }
+    let tuple_orig = from_general(hashes.offset + tuple_in_hash.offset)?;
+    let t = |path: &str, size: u32| sized("nf_conntrack_tuple", path, size);
+    Ok(CtLayout {
+        skb_nfct,
+        status,
+        tuple_orig,
+        tuple_reply: tuple_orig + hash_size,
+        tuple: TupleLayout {
+            size: tuple_in_hash.size,
+            src_addr: t("src.u3", 16)?,
+            src_port: t("src.u.all", 2)?,
+            l3num: t("src.l3num", 2)?,
+            dst_addr: t("dst.u3", 16)?,
+            dst_port: t("dst.u.all", 2)?,
+            protonum: t("dst.protonum", 1)?,
+        },
     })
 }
 
@@ -560,6 +742,9 @@ mod tests {
         types: Vec<u8>,
         strings: Vec<u8>,
         next_id: u32,
+        /// Where this blob's strings start in the combined string space (split BTF: after the
+        /// base's).
+        str_base: u32,
     }
 
     impl Builder {
@@ -570,11 +755,19 @@ mod tests {
                 ..Default::default()
             }
         }
+        /// A split BTF on top of `base`: ids and string offsets continue after the base's.
+        fn split_of(base: &Builder) -> Self {
+            Builder {
+                next_id: base.next_id,
+                str_base: base.strings.len() as u32,
+                ..Default::default()
+            }
+        }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(name.as_bytes());
             self.strings.push(0);
             off
@@ -722,6 +915,43 @@ mod tests {
                 flags: SLOT_FREES_SKB
             }
         );
+    }
+
+    /// A module's split BTF (struct nf_conn using vmlinux's `unsigned int` and `sk_buff`), joined
+    /// to its base: every id and name resolves as in the kernel.
+    #[test]
+    fn a_module_s_split_btf_joins_its_base() {
+        let mut base = Builder::new();
+        let u32_t = base.int("unsigned int", 4);
+        base.strukt("sk_buff", 16, &[("len", u32_t, 0), ("_nfct", u32_t, 64)]);
+        let list_head_ptr = base.ty("", 2, 0, false, base.next_id + 1);
+        base.strukt(
+            "list_head",
+            16,
+            &[("next", list_head_ptr, 0), ("prev", list_head_ptr, 64)],
+        );
+        let mut module = Builder::split_of(&base);
+        let general = module.strukt("nf_conntrack", 4, &[("use", u32_t, 0)]);
+        module.strukt(
+            "nf_conn",
+            16,
+            &[("ct_general", general, 0), ("status", u32_t, 96)],
+        );
+        let (base, module) = (base.finish(), module.finish());
+        // Alone, the module's blob names types it does not have.
+        assert!(Btf::parse(&module)
+            .and_then(|b| b.field("nf_conn", "status"))
+            .is_err());
+        let joined = Btf::parse(&join_split(&base, &module).unwrap()).unwrap();
+        assert_eq!(
+            joined.field("nf_conn", "status").unwrap(),
+            Field {
+                offset: 12,
+                size: 4
+            }
+        );
+        assert_eq!(joined.field("sk_buff", "_nfct").unwrap().offset, 8);
+        assert!(join_split(&base, b"not BTF at all, no").is_err());
     }
 
     #[test]

@@ -86,13 +86,27 @@ pub struct KernelInfo {
     pub aya_btf: aya::Btf,
     pub offsets: tracer_common::Offsets,
     pub reasons: DropReasons,
+    /// Reads the conntrack entry of events, or says why this kernel shows none (no
+    /// `CONFIG_NF_CONNTRACK`: no `sk_buff._nfct` in its BTF). Not an error: the tracer runs
+    /// without it.
+    pub conntrack: std::result::Result<crate::conntrack::CtDecoder, String>,
 }
 
 impl KernelInfo {
     /// Reads `/sys/kernel/btf/vmlinux` (≈100–200 ms: it describes ~100 000 types).
     pub fn load() -> Result<KernelInfo> {
         let btf = Btf::from_file(VMLINUX_BTF)?;
-        let offsets = btf::skb_offsets(&btf)?;
+        let mut offsets = btf::skb_offsets(&btf)?;
+        // `TRACER_CONNTRACK=off` leaves conntrack out (to measure what reading it costs).
+        let off = std::env::var_os("TRACER_CONNTRACK").is_some_and(|v| v == "off");
+        let conntrack = match crate::conntrack::CtDecoder::load_running(&btf) {
+            Ok(_) if off => Err("switched off (TRACER_CONNTRACK=off)".to_string()),
+            Ok((layout, decoder)) => {
+                layout.apply(&mut offsets);
+                Ok(decoder)
+            }
+            Err(why) => Err(format!("{why:#}")),
+        };
         let reasons = btf::drop_reasons(&btf)?;
         let aya_btf = aya::Btf::from_sys_fs().context("aya cannot parse the kernel's BTF")?;
         Ok(KernelInfo {
@@ -100,6 +114,7 @@ impl KernelInfo {
             aya_btf,
             offsets,
             reasons,
+            conntrack,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`collection`] — loads and attaches the eBPF programs, reads the ring buffer.
 //! - [`kallsyms`], [`nodes`] — name caches: kernel addresses → `symbol+0xoff`, netns inode → lab
 //!   node name.
+//! - [`conntrack`] — the skb's conntrack entry at every hop (state, tuples, NAT status bits).
 //! - [`output`] — decodes events into [`output::Record`]s and formats them (columns or JSON).
 //! - [`explain`] — `--explain`: matches a NO_SOCKET drop against the namespace's conntrack table.
 //! - [`pcap`] — `path --pcap FILE`: the hops as a pcapng capture, one packet per hop.
@@ -34,6 +35,7 @@ pub mod bench;
 pub mod btf;
 pub mod capabilities;
 pub mod collection;
+pub mod conntrack;
 pub mod explain;
 pub mod filter;
 pub mod kallsyms;

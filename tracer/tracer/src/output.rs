@@ -12,6 +12,7 @@ use serde::Serialize;
 use tracer_common::Event;
 
 use crate::btf::DropReasons;
+use crate::conntrack::{Ct, CtDecoder};
 use crate::kallsyms::Kallsyms;
 use crate::nodes::NodeNames;
 
@@ -63,6 +64,10 @@ pub struct Record {
     /// `--explain`: what went wrong, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
+    /// The skb's conntrack entry at this hop; absent when it has none (yet), or the kernel has
+    /// no conntrack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct: Option<Ct>,
 }
 
 impl Record {
@@ -186,6 +191,8 @@ pub struct Decoder {
     pub kallsyms: Kallsyms,
     pub nodes: Option<NodeNames>,
     pub clock: Clock,
+    /// Reads the conntrack part of events (`None`: the kernel has no conntrack).
+    pub conntrack: Option<CtDecoder>,
 }
 
 impl Decoder {
@@ -227,6 +234,7 @@ impl Decoder {
             location: (ev.location != 0).then(|| self.kallsyms.format(ev.location)),
             event,
             explain: None,
+            ct: self.conntrack.as_ref().and_then(|c| c.decode(ev)),
         }
     }
 }
@@ -273,6 +281,9 @@ pub fn format_human(r: &Record, mode: Mode) -> String {
             if let Some(loc) = &r.location {
                 event.push_str(&format!(" at {loc}"));
             }
+            if let Some(ct) = &r.ct {
+                event.push_str(&format!("  ct {}", ct.compact()));
+            }
             format!(
                 "{:<15} {:<18} {:<22} {:<14} {:<5} {:<45} {}",
                 r.time,
@@ -308,6 +319,7 @@ mod tests {
             kallsyms: Kallsyms::parse("ffffffff81c0a2b0 T __udp4_lib_rcv\n"),
             nodes: None,
             clock: Clock::with_offset(1_700_000_000_000_000_000),
+            conntrack: None,
         }
     }
 

@@ -74,9 +74,11 @@ pub fn hop_comment(r: &Record) -> String {
         r.iface_label(),
         format!("skb {}", r.skb),
     ];
-    // Conntrack at this hop (issue #10): when `Record` carries the skb's conntrack entry and
-    // its NAT/status bits, push them here, e.g. `parts.push(format!("ct {}", ct))`, so that
-    // Wireshark shows them beside the headers they explain.
+    // The conntrack entry the skb carries here: which flow, its NAT and status bits, beside
+    // the headers they explain.
+    if let Some(ct) = &r.ct {
+        parts.push(format!("ct {}", ct.compact()));
+    }
     if let Some(explain) = &r.explain {
         parts.push(explain.clone());
     }

@@ -196,7 +196,11 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
         kallsyms,
         nodes: Some(nodes),
         clock: Clock::now(),
+        conntrack: kernel.conntrack.clone().ok(),
     };
+    if let Err(why) = &kernel.conntrack {
+        eprintln!("note: no conntrack column: {why}");
+    }
     let mut summary = Summary {
         attached: tracer.attached(),
         attach_time: tracer.attach_time,

@@ -1192,5 +1192,212 @@ fn path_pcap_ipv6_icmp_error_keeps_the_quoted_headers() {
             .unwrap_or_else(|| panic!("no ICMPv6 error quoting our datagram:\n{fields}"));
         assert_eq!(error[3], tracer_common::HDR_BYTES.to_string(), "{error:?}");
         assert_eq!(error[4], (40 + 8 + datagram).to_string(), "{error:?}");
+
+/// Namespaces A (10.99.0.1) and B (10.99.0.2) joined by a veth cable, where only B runs NAT
+/// (so only B's skbs get conntrack entries): B DNATs UDP port 47013 to 47014, where an echo
+/// socket answers, port 47016 to 47015, which B's INPUT chain drops, and port 47017 to 47018,
+/// where nothing listens.
+fn cable_with_dnat_in_b() -> (Netns, Netns) {
+    let a = Netns::new();
+    let b = Netns::new();
+    a.sh(&format!(
+        "ip link add name ct-a type veth peer name ct-b netns {} && \
+         ip addr add 10.99.0.1/24 dev ct-a && ip link set ct-a up",
+        b.path.display()
+    ));
+    b.sh(
+        "ip addr add 10.99.0.2/24 dev ct-b && ip link set ct-b up && \
+         nft add table ip tracer_ct && \
+         nft add chain ip tracer_ct pre '{ type nat hook prerouting priority -100; }' && \
+         nft add rule ip tracer_ct pre udp dport 47013 dnat to 10.99.0.2:47014 && \
+         nft add rule ip tracer_ct pre udp dport 47016 dnat to 10.99.0.2:47015 && \
+         nft add rule ip tracer_ct pre udp dport 47017 dnat to 10.99.0.2:47018 && \
+         nft add chain ip tracer_ct in '{ type filter hook input priority 0; }' && \
+         nft add rule ip tracer_ct in udp dport 47015 drop",
+    );
+    (a, b)
+}
+
+/// The `ct` of every event, one line each (for failure messages).
+fn ct_dump(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}:{}>{}:{} ct={}",
+                e["netns"], e["event"], e["src"], e["sport"], e["dst"], e["dport"], e["ct"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `tracer path` reads the skb's conntrack entry at every hop: none in A (no NAT there, so no
+/// conntrack); in B, `reply` on the echo's answer to a DNATed request, whose entry has then
+/// seen a reply; and, as in the story, a DNATed datagram that finds no socket: the ICMP error
+/// about it is `related_reply` to the entry the datagram started, confirmed (it passed every
+/// hook) with the DNAT set up on it. The tuples are the entry's own, in the kernel's order: the
+/// reply tuple names the NEW destination.
+#[test]
+fn conntrack_at_every_hop_of_a_dnat_and_its_answer() {
+    let _serial = need_root();
+    hygienic(|| {
+        let (a, b) = cable_with_dnat_in_b();
+        let echo = b.run(|| {
+            let s = UdpSocket::bind("10.99.0.2:47014").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        });
+        let client = a.run(|| {
+            let s = UdpSocket::bind("10.99.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        });
+        let port = client.local_addr().unwrap().port();
+        let t = Tracer::start(&[
+            "path",
+            "--duration",
+            "3",
+            "(udp and (port 47013 or port 47014 or port 47017 or port 47018)) or (icmp and host 10.99.0.1)",
+        ]);
+        client.send_to(b"ping", "10.99.0.2:47013").unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = echo
+            .recv_from(&mut buf)
+            .expect("the echo socket got nothing");
+        echo.send_to(&buf[..n], from).unwrap();
+        let (_, answered_by) = client.recv_from(&mut buf).expect("no answer in A");
+        assert_eq!(
+            answered_by.to_string(),
+            "10.99.0.2:47013",
+            "B's NAT undid the DNAT"
+        );
+        client.send_to(b"anyone?", "10.99.0.2:47017").unwrap();
+        let (events, err) = t.finish();
+        let ours: Vec<Value> = events
+            .into_iter()
+            .filter(|e| e["netns"] == a.inode || e["netns"] == b.inode)
+            .filter(|e| e["sport"] == port || e["dport"] == port || e["proto"] == "icmp")
+            .collect();
+        let dump = ct_dump(&ours);
+        assert!(!ours.is_empty(), "nothing traced; stderr: {err}");
+
+        // A has no conntrack: none of its events carries an entry.
+        let in_a: Vec<&Value> = ours.iter().filter(|e| e["netns"] == a.inode).collect();
+        assert!(!in_a.is_empty(), "nothing seen in A:\n{dump}");
+        assert!(
+            in_a.iter().all(|e| e.get("ct").is_none()),
+            "an skb of A has a conntrack entry:\n{dump}"
+        );
+        // Nor does an skb in B before conntrack's PREROUTING hook (netif_receive_skb).
+        assert!(
+            ours.iter()
+                .filter(|e| e["netns"] == b.inode && e["event"] == "netif_receive_skb")
+                .all(|e| e.get("ct").is_none()),
+            "an entry before PREROUTING:\n{dump}"
+        );
+
+        let status = |e: &Value| -> Vec<String> {
+            e["ct"]["status"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no ct status in {e}"))
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        let has = |e: &Value, bit: &str| status(e).iter().any(|s| s == bit);
+        let in_b = |e: &&Value| e["netns"] == b.inode && e.get("ct").is_some();
+
+        // The answer in B, leaving: the request's entry, in the reply direction.
+        let answer = ours
+            .iter()
+            .filter(in_b)
+            .find(|e| e["dport"] == port && e["event"] == "net_dev_queue")
+            .unwrap_or_else(|| panic!("the answer leaving B not seen:\n{dump}"));
+        assert_eq!(answer["sport"], 47013, "un-DNATed before it leaves\n{dump}");
+        assert_eq!(answer["ct"]["state"], "reply", "{dump}");
+        assert_eq!(
+            answer["ct"]["orig"],
+            format!("10.99.0.1:{port}>10.99.0.2:47013").as_str(),
+            "{dump}"
+        );
+        assert_eq!(
+            answer["ct"]["reply"],
+            format!("10.99.0.2:47014>10.99.0.1:{port}").as_str(),
+            "{dump}"
+        );
+        for bit in ["CONFIRMED", "DST_NAT", "SEEN_REPLY"] {
+            assert!(has(answer, bit), "{bit} missing:\n{dump}");
+        }
+        assert!(!has(answer, "SRC_NAT"), "no SNAT here:\n{dump}");
+
+        // The datagram to 47017, DNATed to a port nobody listens on, started an entry. UDP
+        // lets go of it before the drop (`nf_reset_ct`), so kfree_skb shows none; but B's ICMP
+        // "port unreachable" about it is conntrack's RELATED traffic, in the reply direction of
+        // the very entry the datagram started.
+        let error = ours
+            .iter()
+            .filter(in_b)
+            .find(|e| e["proto"] == "icmp" && e["event"] == "net_dev_queue")
+            .unwrap_or_else(|| panic!("B's ICMP error not seen:\n{dump}"));
+        assert_eq!(error["ct"]["state"], "related_reply", "{dump}");
+        assert_eq!(
+            error["ct"]["orig"],
+            format!("10.99.0.1:{port}>10.99.0.2:47017").as_str(),
+            "{dump}"
+        );
+        assert_eq!(
+            error["ct"]["reply"],
+            format!("10.99.0.2:47018>10.99.0.1:{port}").as_str(),
+            "{dump}"
+        );
+        for bit in ["CONFIRMED", "DST_NAT"] {
+            assert!(has(error, bit), "{bit} missing:\n{dump}");
+        }
+        assert!(
+            !has(error, "SEEN_REPLY") && !has(error, "SRC_NAT"),
+            "{dump}"
+        );
+    });
+}
+
+/// A datagram DNATed in B, then dropped by B's INPUT chain: conntrack had created its entry in
+/// PREROUTING, but the packet never reached the end of the hooks where entries are confirmed,
+/// so the drop shows a `new`, unconfirmed entry — with the DNAT already set up on it.
+#[test]
+fn a_drop_before_confirmation_shows_an_unconfirmed_entry() {
+    let _serial = need_root();
+    hygienic(|| {
+        let (a, b) = cable_with_dnat_in_b();
+        let t = Tracer::start(&["path", "--duration", "3", "udp and port 47015"]);
+        let port = a.send_udp("10.99.0.2:47016");
+        let (events, err) = t.finish();
+        let dump = ct_dump(&events);
+        let drop = events
+            .iter()
+            .find(|e| e["sport"] == port && e["event"] == "kfree_skb")
+            .unwrap_or_else(|| panic!("the drop not seen; stderr: {err}\n{dump}"));
+        assert_eq!(drop["netns"], b.inode, "{dump}");
+        assert_eq!(drop["reason"], "SKB_DROP_REASON_NETFILTER_DROP", "{dump}");
+        let ct = &drop["ct"];
+        assert_eq!(ct["state"], "new", "{dump}");
+        assert_eq!(
+            ct["orig"],
+            format!("10.99.0.1:{port}>10.99.0.2:47016").as_str(),
+            "{dump}"
+        );
+        assert_eq!(
+            ct["reply"],
+            format!("10.99.0.2:47015>10.99.0.1:{port}").as_str(),
+            "{dump}"
+        );
+        let status: Vec<&str> = ct["status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert!(status.contains(&"DST_NAT"), "{dump}");
+        assert!(!status.contains(&"CONFIRMED"), "{dump}");
     });
 }
