@@ -1192,6 +1192,8 @@ fn path_pcap_ipv6_icmp_error_keeps_the_quoted_headers() {
             .unwrap_or_else(|| panic!("no ICMPv6 error quoting our datagram:\n{fields}"));
         assert_eq!(error[3], tracer_common::HDR_BYTES.to_string(), "{error:?}");
         assert_eq!(error[4], (40 + 8 + datagram).to_string(), "{error:?}");
+    });
+}
 
 /// Namespaces A (10.99.0.1) and B (10.99.0.2) joined by a veth cable, where only B runs NAT
 /// (so only B's skbs get conntrack entries): B DNATs UDP port 47013 to 47014, where an echo
