@@ -13,6 +13,8 @@
 //!   node name.
 //! - [`output`] — decodes events into [`output::Record`]s and formats them (columns or JSON).
 //! - [`explain`] — `--explain`: matches a NO_SOCKET drop against the namespace's conntrack table.
+//! - [`nftrace`] — `path --verdicts`: nftables rule tracing in named namespaces, verdicts joined
+//!   to hops.
 //! - [`run`] — the main loop used by the binary; [`bench`] — the benchmark;
 //!   [`capabilities`] — `tracer kernel`, what this kernel offers (for `cargo xtask doctor`).
 //!
@@ -36,6 +38,7 @@ pub mod collection;
 pub mod explain;
 pub mod filter;
 pub mod kallsyms;
+pub mod nftrace;
 pub mod nodes;
 pub mod output;
 pub mod run;

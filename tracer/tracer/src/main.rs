@@ -35,6 +35,12 @@ enum Command {
         /// Only these tracepoints (comma-separated), e.g. `net_dev_queue,kfree_skb`.
         #[arg(long, value_delimiter = ',')]
         tracepoints: Option<Vec<String>>,
+        /// Also show which nftables rule decided each packet's fate (iptables-nft rules
+        /// too), under its hop, in these namespaces only: lab node names or netns inodes,
+        /// comma-separated, e.g. `host,dind2`. Adds a table `inet tracer-PID` there while
+        /// running (`meta nftrace set 1`); the machine's root namespace only if named by inode.
+        #[arg(long, value_delimiter = ',', value_name = "NODE|INODE")]
+        verdicts: Option<Vec<String>>,
     },
     /// Measure attach time, packets/s with and without the tracer, and event throughput.
     Bench {
@@ -233,10 +239,18 @@ fn main_result() -> anyhow::Result<()> {
             common,
             track_skb,
             tracepoints,
+            verdicts,
         } => {
             let mut o = options(Mode::Path, common)?;
             o.track_skb = track_skb;
             o.tracepoints = tracepoints;
+            if let Some(names) = verdicts {
+                let nodes = tracer::nodes::NodeNames::new(
+                    Some(tracer::nodes::registry_dir()),
+                    o.netns_names.as_deref(),
+                )?;
+                o.verdicts = tracer::nftrace::resolve(&names, &nodes)?;
+            }
             o
         }
         Command::Kernel => {
@@ -261,6 +275,12 @@ fn main_result() -> anyhow::Result<()> {
         count(summary.attached, "tracepoint"),
         summary.attach_time.as_secs_f64() * 1000.0
     );
+    if summary.unmatched_verdicts > 0 {
+        eprintln!(
+            "tracer: {} matched no hop shown (their packets were not traced: filter, tracepoints)",
+            count(summary.unmatched_verdicts as usize, "nftables verdict")
+        );
+    }
     Ok(())
 }
 

@@ -63,6 +63,10 @@ pub struct Record {
     /// `--explain`: what went wrong, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
+    /// `path --verdicts`: the nftables rules that decided this packet's fate in this
+    /// namespace, in the order the kernel applied them (see [`crate::nftrace`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<crate::nftrace::Verdict>,
 }
 
 impl Record {
@@ -227,6 +231,7 @@ impl Decoder {
             location: (ev.location != 0).then(|| self.kallsyms.format(ev.location)),
             event,
             explain: None,
+            verdicts: Vec::new(),
         }
     }
 }
@@ -288,6 +293,10 @@ pub fn format_human(r: &Record, mode: Mode) -> String {
     if let Some(e) = &r.explain {
         line.push_str("\n    ↳ ");
         line.push_str(e);
+    }
+    for v in &r.verdicts {
+        line.push_str("\n    ↳ nft ");
+        line.push_str(&v.line());
     }
     line
 }

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub tracepoints: Option<Vec<String>>,
     /// Ring buffer size in KiB (0 = default 4 MiB). Small values demonstrate lost events.
     pub ring_kib: u32,
+    /// `path --verdicts`: trace nftables verdicts in these namespaces ([`crate::nftrace`]).
+    pub verdicts: Vec<crate::nftrace::Target>,
 }
 
 impl RunOptions {
@@ -54,6 +56,7 @@ impl RunOptions {
             netns_names: None,
             tracepoints: None,
             ring_kib: 0,
+            verdicts: Vec::new(),
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct Summary {
     pub lost: u64,
     pub attached: usize,
     pub attach_time: Duration,
+    /// `--verdicts`: verdicts that matched no hop shown.
+    pub unmatched_verdicts: u64,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -195,6 +200,17 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
         attach_time: tracer.attach_time,
         ..Default::default()
     };
+    // nftables tracing starts before the ready file: what is sent after it is traced.
+    let nftrace = if opts.verdicts.is_empty() {
+        None
+    } else {
+        let nf = crate::nftrace::NfTrace::start(&opts.verdicts)?;
+        for note in &nf.notes {
+            eprintln!("note: {note}");
+        }
+        Some(nf)
+    };
+    let mut joiner = crate::nftrace::join::Joiner::default();
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot create --ready-file {}", path.display()))?;
@@ -227,16 +243,25 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
             if opts.explain {
                 add_explanation(&mut record);
             }
-            let line = if opts.json {
-                output::format_json(&record)
-            } else {
-                output::format_human(&record, opts.mode)
-            };
-            if let Err(e) = writeln!(out, "{line}") {
+            summary.events += 1;
+            if nftrace.is_some() {
+                joiner.push_record(record, Instant::now());
+            } else if let Err(e) = write_record(out, &record, opts) {
                 write_error = Some(e);
             }
-            summary.events += 1;
         })?;
+        if let Some(nf) = &nftrace {
+            let now = Instant::now();
+            for verdict in nf.verdicts.try_iter() {
+                joiner.push_verdict(verdict, now);
+            }
+            for record in joiner.ready(now, false) {
+                if let Err(e) = write_record(out, &record, opts) {
+                    write_error = Some(e);
+                    break;
+                }
+            }
+        }
         if let Some(e) = write_error.take() {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break; // `tracer … | head`: the reader is gone, stop quietly.
@@ -245,6 +270,29 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
         }
         out.flush()?;
     }
+    if let Some(nf) = nftrace {
+        let now = Instant::now();
+        for verdict in nf.verdicts.try_iter() {
+            joiner.push_verdict(verdict, now);
+        }
+        drop(nf); // stops the threads: their tables go
+        for record in joiner.ready(now, true) {
+            if write_record(out, &record, opts).is_err() {
+                break;
+            }
+        }
+        summary.unmatched_verdicts = joiner.unmatched;
+    }
     summary.lost = tracer.lost()?;
     Ok(summary)
+}
+
+/// One record, as columns or JSON.
+fn write_record(out: &mut dyn Write, record: &Record, opts: &RunOptions) -> std::io::Result<()> {
+    let line = if opts.json {
+        output::format_json(record)
+    } else {
+        output::format_human(record, opts.mode)
+    };
+    writeln!(out, "{line}")
 }
