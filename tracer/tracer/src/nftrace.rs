@@ -318,6 +318,8 @@ fn trace_here(
     let _ = ready.send(Ok(notes));
 
     let mut names: HashMap<RuleKey, String> = HashMap::new();
+    type Headers = (u8, Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>);
+    let mut packets: HashMap<u32, Headers> = HashMap::new();
     let mut buffer = vec![0u8; 1 << 16];
     let table = table_name();
     while !stop.load(Ordering::SeqCst) {
@@ -340,6 +342,16 @@ fn trace_here(
             }
             v.time_ns = now;
             v.netns = target.inode;
+            // The kernel sends the packet's headers only with the first event of each hook
+            // it passes; the events after it carry the same trace id.
+            if v.src.is_some() {
+                if packets.len() > 4096 {
+                    packets.clear();
+                }
+                packets.insert(v.trace_id, (v.proto, v.src, v.dst, v.sport, v.dport));
+            } else if let Some(&(proto, src, dst, sport, dport)) = packets.get(&v.trace_id) {
+                (v.proto, v.src, v.dst, v.sport, v.dport) = (proto, src, dst, sport, dport);
+            }
             if let Some(handle) = v.rule_handle {
                 let key = RuleKey {
                     family: trace::family_number(&v.family),

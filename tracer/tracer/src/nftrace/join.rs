@@ -4,7 +4,8 @@
 //! verdict carries the packet's headers as the rule saw them, and its namespace; a hop carries
 //! the same tuple, its namespace, the skb's address and a kernel timestamp. So a verdict joins
 //! the packet's visit to that namespace: among the hops in the same namespace with the same
-//! tuple seen before the verdict arrived, the latest one names the skb; the verdict goes under
+//! tuple seen before the verdict arrived (or just after: a locally sent packet meets the
+//! `output` hook before its first tracepoint), the latest one names the skb; the verdict goes under
 //! the *first* hop of that skb in that visit (where the packet entered the namespace, or was
 //! sent from it). A rule that rewrote the packet (DNAT) is seen with the tuple from before the
 //! rewrite, so it lands on a hop from before it too.
@@ -25,6 +26,9 @@ pub const HOLD: Duration = Duration::from_millis(300);
 pub const SETTLE: Duration = Duration::from_millis(50);
 /// Hops of one skb in one namespace less than this apart are one visit.
 const VISIT_NS: u64 = 5_000_000;
+/// A verdict may be received before the packet's first hop in the namespace is traced: the
+/// `output` hook runs before `net_dev_queue`, and the tracer's thread may be woken at once.
+const EARLY_NS: u64 = 5_000_000;
 /// A verdict received more than this after a hop does not belong to it.
 const LATEST_NS: u64 = 1_000_000_000;
 
@@ -58,7 +62,9 @@ impl Joiner {
     /// Which held record a verdict belongs to, if any.
     fn target(&self, v: &Verdict) -> Option<usize> {
         let latest = self.records.iter().rposition(|(_, r)| {
-            same_packet(r, v) && r.time_ns <= v.time_ns && v.time_ns - r.time_ns <= LATEST_NS
+            same_packet(r, v)
+                && r.time_ns <= v.time_ns + EARLY_NS
+                && v.time_ns.saturating_sub(r.time_ns) <= LATEST_NS
         })?;
         let last = &self.records[latest].1;
         let mut first = latest;
