@@ -89,9 +89,12 @@ impl Verdict {
                     .rule_handle
                     .map(|h| format!("rule handle {h}"))
                     .unwrap_or_else(|| "rule".into());
-                match &self.rule {
-                    Some(text) => format!("{place}: {text} ({handle}) → {}", self.verdict),
-                    None => format!("{place}: {handle} → {}", self.verdict),
+                match (&self.rule, self.rule_handle) {
+                    (Some(text), _) => format!("{place}: {text} ({handle}) → {}", self.verdict),
+                    // The kernel names no rule when a chain ran out of rules (after a
+                    // jumped-to chain returned, say) and evaluation goes on.
+                    (None, None) => format!("{place}: no rule left → {}", self.verdict),
+                    (None, Some(_)) => format!("{place}: {handle} → {}", self.verdict),
                 }
             }
         }
@@ -279,7 +282,10 @@ fn trace_here(
     let owner = match create_table(&mut socket, true) {
         Ok(()) => true,
         // Before Linux 5.12 an unknown table flag is refused with EOPNOTSUPP.
-        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) || e.kind() == std::io::ErrorKind::Unsupported => {
+        Err(e)
+            if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP)
+                || e.kind() == std::io::ErrorKind::Unsupported =>
+        {
             if let Err(e) = create_table(&mut socket, false) {
                 let _ = ready.send(Err(anyhow::anyhow!("in {}: {e}", target.label)));
                 return;

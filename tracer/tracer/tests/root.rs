@@ -1056,7 +1056,11 @@ fn verdicts_show_the_docker_chain_return() {
             nft_tables(Some(&b))
         );
         assert!(!nft_tables(Some(&a)).contains(&table), "A was not named");
-        assert_eq!(nft_tables(None), root_tables, "the root namespace got a table");
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
         let sport = a.send_udp("10.98.0.2:47010");
         let (events, err) = t.finish();
         let dump = events
@@ -1077,7 +1081,10 @@ fn verdicts_show_the_docker_chain_return() {
         let hop = with_verdicts[0];
         assert_eq!(hop["netns"], b.inode, "{dump}");
         let first_in_b = ours.iter().find(|e| e["netns"] == b.inode).unwrap();
-        assert_eq!(first_in_b["time_ns"], hop["time_ns"], "the first hop in B: {dump}");
+        assert_eq!(
+            first_in_b["time_ns"], hop["time_ns"],
+            "the first hop in B: {dump}"
+        );
         let lines: Vec<String> = hop["verdicts"]
             .as_array()
             .unwrap()
@@ -1102,7 +1109,11 @@ fn verdicts_show_the_docker_chain_return() {
             .unwrap_or_else(|| panic!("no drop: {dump}"));
         assert_eq!(drop["dport"], 47010, "no DNAT happened: {dump}");
         assert_table_gone(&b, &table, "normal exit");
-        assert_eq!(nft_tables(None), root_tables, "the root namespace got a table");
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
     });
 }
 
@@ -1124,7 +1135,11 @@ fn the_verdict_table_dies_with_the_tracer() {
                 "{table} not made: {:?}",
                 nft_tables(Some(&ns))
             );
-            assert_eq!(nft_tables(None), root_tables, "the root namespace got a table");
+            assert_eq!(
+                nft_tables(None),
+                root_tables,
+                "the root namespace got a table"
+            );
             // Our own child, not yet waited for: its pid cannot have been reused.
             kill(Pid::from_raw(t.child.id() as i32), signal).unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -1141,6 +1156,10 @@ fn the_verdict_table_dies_with_the_tracer() {
             }
             assert_table_gone(&ns, &table, &format!("{signal}"));
         }
-        assert_eq!(nft_tables(None), root_tables, "the root namespace got a table");
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
     });
 }

@@ -104,7 +104,7 @@ impl Message {
     }
 
     fn pad(&mut self) {
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
     }
@@ -237,7 +237,10 @@ impl Socket {
     pub fn receive(&self, buffer: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
         let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let ready = poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX))?;
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        )?;
         if ready == 0 {
             return Ok(None);
         }
@@ -304,8 +307,7 @@ impl Socket {
     /// A dump request (`NLM_F_DUMP`): every answer's body, until `NLMSG_DONE`.
     pub fn dump(&mut self, kind: u16, family: u8) -> io::Result<Vec<Vec<u8>>> {
         let seq = self.next_seq();
-        let request =
-            Message::new(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0).finish();
+        let request = Message::new(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0).finish();
         self.send(&request)?;
         let mut bodies = Vec::new();
         let mut buffer = vec![0u8; 1 << 16];

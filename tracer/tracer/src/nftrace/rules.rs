@@ -36,6 +36,9 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 
+/// One expression of a rule: its name (`meta`, `cmp`, …) and its attributes.
+pub type Expression<'a> = (&'a str, Vec<(u16, &'a [u8])>);
+
 /// Where a rule lives: address family, table, chain, handle.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleKey {
@@ -99,7 +102,7 @@ pub fn parse_rule(body: &[u8]) -> Option<(RuleKey, String)> {
         handle: be64(find(&attrs, NFTA_RULE_HANDLE))?,
     };
     let expressions = find(&attrs, NFTA_RULE_EXPRESSIONS).unwrap_or(&[]);
-    let list: Vec<(&str, Vec<(u16, &[u8])>)> = attributes(expressions)
+    let list: Vec<Expression> = attributes(expressions)
         .into_iter()
         .filter_map(|(_, element)| {
             let e = attributes(element);
@@ -150,7 +153,7 @@ fn reg(data: &[(u16, &[u8])], kind: u16) -> Option<u32> {
 
 /// The text of a rule, from its expressions `(name, attributes)` in order. `family` is the
 /// table's (it says which header `ip saddr` comes from in an `ip` table).
-pub fn rule_text(family: u8, expressions: &[(&str, Vec<(u16, &[u8])>)]) -> String {
+pub fn rule_text(family: u8, expressions: &[Expression]) -> String {
     let mut registers: HashMap<u32, Held> = HashMap::new();
     let mut words: Vec<String> = Vec::new();
     // `meta l4proto udp` followed by `udp dport 4000` is written `udp dport 4000`.
@@ -537,7 +540,7 @@ mod tests {
         v.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
         v.extend_from_slice(&1u16.to_ne_bytes());
         v.extend_from_slice(value);
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
         v
@@ -560,33 +563,33 @@ mod tests {
         // What iptables-nft creates for `-i br-dind -j RETURN` (see the module's docs).
         let name = data(b"br-dind\0");
         let ret = verdict(-5);
-        let rule: Vec<(&str, Vec<(u16, &[u8])>)> = vec![
-            ("meta", vec![(2, &be(6)[..]), (1, &be(1)[..])]),
-            ("cmp", vec![(1, &be(1)[..]), (2, &be(0)[..]), (3, &name[..])]),
+        let rule: Vec<Expression> = vec![
+            ("meta", vec![(2, be(6)), (1, be(1))]),
+            ("cmp", vec![(1, be(1)), (2, be(0)), (3, &name[..])]),
             ("counter", vec![]),
-            ("immediate", vec![(1, &be(0)[..]), (2, &ret[..])]),
+            ("immediate", vec![(1, be(0)), (2, &ret[..])]),
         ];
         assert_eq!(rule_text(2, &rule), "iifname \"br-dind\" counter return");
 
         // `! -i br-dind -p udp --dport 4000 -j DNAT --to-destination 172.18.0.2:4000`.
         let udp = data(&[17]);
         let port = data(&4000u16.to_be_bytes());
-        let mut info = vec![0u8; 40];
+        let mut info = [0u8; 40];
         info[0..4].copy_from_slice(&3u32.to_ne_bytes());
         info[4..8].copy_from_slice(&[172, 18, 0, 2]);
         info[36..38].copy_from_slice(&4000u16.to_be_bytes());
-        let rule: Vec<(&str, Vec<(u16, &[u8])>)> = vec![
-            ("meta", vec![(2, &be(6)[..]), (1, &be(1)[..])]),
-            ("cmp", vec![(1, &be(1)[..]), (2, &be(1)[..]), (3, &name[..])]),
-            ("meta", vec![(2, &be(16)[..]), (1, &be(1)[..])]),
-            ("cmp", vec![(1, &be(1)[..]), (2, &be(0)[..]), (3, &udp[..])]),
+        let rule: Vec<Expression> = vec![
+            ("meta", vec![(2, be(6)), (1, be(1))]),
+            ("cmp", vec![(1, be(1)), (2, be(1)), (3, &name[..])]),
+            ("meta", vec![(2, be(16)), (1, be(1))]),
+            ("cmp", vec![(1, be(1)), (2, be(0)), (3, &udp[..])]),
             (
                 "payload",
-                vec![(1, &be(1)[..]), (2, &be(2)[..]), (3, &be(2)[..]), (4, &be(2)[..])],
+                vec![(1, be(1)), (2, be(2)), (3, be(2)), (4, be(2))],
             ),
-            ("cmp", vec![(1, &be(1)[..]), (2, &be(0)[..]), (3, &port[..])]),
+            ("cmp", vec![(1, be(1)), (2, be(0)), (3, &port[..])]),
             ("counter", vec![]),
-            ("target", vec![(1, b"DNAT\0"), (2, &be(2)[..]), (3, &info[..])]),
+            ("target", vec![(1, b"DNAT\0"), (2, be(2)), (3, &info[..])]),
         ];
         assert_eq!(
             rule_text(2, &rule),
@@ -598,16 +601,13 @@ mod tests {
     fn networks_and_unknown_expressions() {
         let mask = data(&[255, 255, 0, 0]);
         let net = data(&[172, 18, 0, 0]);
-        let rule: Vec<(&str, Vec<(u16, &[u8])>)> = vec![
+        let rule: Vec<Expression> = vec![
             (
                 "payload",
-                vec![(1, &be(1)[..]), (2, &be(1)[..]), (3, &be(12)[..]), (4, &be(4)[..])],
+                vec![(1, be(1)), (2, be(1)), (3, be(12)), (4, be(4))],
             ),
-            (
-                "bitwise",
-                vec![(1, &be(1)[..]), (2, &be(1)[..]), (4, &mask[..])],
-            ),
-            ("cmp", vec![(1, &be(1)[..]), (2, &be(0)[..]), (3, &net[..])]),
+            ("bitwise", vec![(1, be(1)), (2, be(1)), (4, &mask[..])]),
+            ("cmp", vec![(1, be(1)), (2, be(0)), (3, &net[..])]),
             ("quota", vec![]),
             ("masq", vec![]),
         ];

@@ -42,9 +42,7 @@ pub fn decode(body: &[u8]) -> Option<Verdict> {
         _ => return None,
     };
     let verdict = match kind {
-        "policy" => {
-            super::rules::verdict_text(be32(find(&attrs, NFTA_TRACE_POLICY))? as i32, None)
-        }
+        "policy" => super::rules::verdict_text(be32(find(&attrs, NFTA_TRACE_POLICY))? as i32, None),
         _ => find(&attrs, NFTA_TRACE_VERDICT)
             .and_then(nested_verdict)
             .unwrap_or_else(|| "continue".into()),
@@ -115,7 +113,8 @@ mod tests {
     #[test]
     fn the_story_return_is_decoded() {
         let mut m = Message::new(0, 0, 0, 2, 0);
-        m.string(NFTA_TRACE_TABLE, "nat").string(NFTA_TRACE_CHAIN, "DOCKER");
+        m.string(NFTA_TRACE_TABLE, "nat")
+            .string(NFTA_TRACE_CHAIN, "DOCKER");
         m.attr(NFTA_TRACE_RULE_HANDLE, &4u64.to_be_bytes());
         m.be32(NFTA_TRACE_TYPE, 3);
         let n = m.nest(NFTA_TRACE_VERDICT);
