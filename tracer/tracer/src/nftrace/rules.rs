@@ -493,9 +493,56 @@ fn xt_text(what: &str, data: &[(u16, &[u8])]) -> String {
         ("target", "RETURN") => "return".into(),
         ("target", "ACCEPT") => "accept".into(),
         ("target", "DROP") => "drop".into(),
+        ("match", "addrtype") => {
+            addrtype(revision, info).unwrap_or_else(|| "xt match \"addrtype\"".into())
+        }
         ("match", name) => format!("xt match {name:?}"),
         (_, name) => format!("xt target {name:?}"),
     }
+}
+
+/// `-m addrtype --dst-type LOCAL` (Docker's PREROUTING rule), as nft translates it:
+/// `fib daddr type local`. Revision 1's info is `xt_addrtype_info_v1`: source and destination
+/// type masks (bit N = route type N: 1 unicast, 2 local, 3 broadcast, 5 multicast) and flags.
+fn addrtype(revision: u32, info: &[u8]) -> Option<String> {
+    if revision != 1 || info.len() < 8 {
+        return None;
+    }
+    let mask = |at: usize| u16::from_ne_bytes([info[at], info[at + 1]]);
+    let (source, dest, flags) = (mask(0), mask(2), number(info.get(4..8)?));
+    let names = |bits: u16| {
+        let types = [
+            (1, "unicast"),
+            (2, "local"),
+            (3, "broadcast"),
+            (5, "multicast"),
+        ];
+        let mut v: Vec<String> = Vec::new();
+        for n in 0..16u16 {
+            if bits & (1 << n) != 0 {
+                let known = types
+                    .iter()
+                    .find(|(t, _)| *t == n)
+                    .map(|(_, name)| name.to_string());
+                v.push(known.unwrap_or_else(|| format!("type {n}")));
+            }
+        }
+        if v.len() == 1 {
+            v.remove(0)
+        } else {
+            format!("{{ {} }}", v.join(", "))
+        }
+    };
+    let mut words = Vec::new();
+    if source != 0 {
+        let not = if flags & 1 != 0 { "!= " } else { "" };
+        words.push(format!("fib saddr type {not}{}", names(source)));
+    }
+    if dest != 0 {
+        let not = if flags & 2 != 0 { "!= " } else { "" };
+        words.push(format!("fib daddr type {not}{}", names(dest)));
+    }
+    Some(words.join(" "))
 }
 
 /// The first address (and port) of an x_tables NAT range. Revision 0 is
@@ -616,6 +663,21 @@ mod tests {
             "ip saddr 172.18.0.0/16 [quota] masquerade"
         );
         assert_eq!(prefix_length(&[255, 0, 255, 0]), None);
+    }
+
+    #[test]
+    fn dockers_addrtype_match_reads_like_nft() {
+        // `-m addrtype --dst-type LOCAL`: destination mask bit 2 (RTN_LOCAL), no flags.
+        let mut info = [0u8; 8];
+        info[2..4].copy_from_slice(&(1u16 << 2).to_ne_bytes());
+        let rule: Vec<Expression> = vec![
+            (
+                "match",
+                vec![(1, b"addrtype\0"), (2, be(1)), (3, &info[..])],
+            ),
+            ("counter", vec![]),
+        ];
+        assert_eq!(rule_text(2, &rule), "fib daddr type local counter");
     }
 
     #[test]
