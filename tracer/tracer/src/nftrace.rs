@@ -324,7 +324,15 @@ fn trace_here(
     let _ = ready.send(Ok(notes));
 
     let mut names: HashMap<RuleKey, String> = HashMap::new();
-    type Headers = (u8, Option<IpAddr>, Option<IpAddr>, Option<u16>, Option<u16>);
+    type Headers = (
+        u8,
+        Option<IpAddr>,
+        Option<IpAddr>,
+        Option<u16>,
+        Option<u16>,
+        Option<u32>,
+        Option<u32>,
+    );
     let mut packets: HashMap<u32, Headers> = HashMap::new();
     let mut buffer = vec![0u8; 1 << 16];
     let table = table_name();
@@ -354,9 +362,10 @@ fn trace_here(
                 if packets.len() > 4096 {
                     packets.clear();
                 }
-                packets.insert(v.trace_id, (v.proto, v.src, v.dst, v.sport, v.dport));
-            } else if let Some(&(proto, src, dst, sport, dport)) = packets.get(&v.trace_id) {
-                (v.proto, v.src, v.dst, v.sport, v.dport) = (proto, src, dst, sport, dport);
+                let headers = (v.proto, v.src, v.dst, v.sport, v.dport, v.iif, v.oif);
+                packets.insert(v.trace_id, headers);
+            } else if let Some(&headers) = packets.get(&v.trace_id) {
+                (v.proto, v.src, v.dst, v.sport, v.dport, v.iif, v.oif) = headers;
             }
             if let Some(handle) = v.rule_handle {
                 let key = RuleKey {
