@@ -17,6 +17,7 @@ mod exec;
 mod repro;
 mod repro_capture;
 mod repro_fix;
+mod repro_verdicts;
 mod style;
 mod up;
 
