@@ -312,6 +312,25 @@ fn trace_here(
             return;
         }
     };
+    // Tables besides ours: without any, no rule can decide anything here.
+    let others = socket
+        .dump(nft_type(1), 0) // NFT_MSG_GETTABLE, every family
+        .map(|tables| {
+            tables
+                .iter()
+                .filter_map(|b| {
+                    netlink::string(netlink::find(&netlink::attributes(b.get(4..)?), 1))
+                })
+                .filter(|name| *name != table_name())
+                .count()
+        })
+        .unwrap_or(1);
+    if others == 0 {
+        notes.push(format!(
+            "{}: no nftables table but the tracer's own: no rule there can decide anything              (packets are accepted by default), so no verdict will be shown",
+            target.label
+        ));
+    }
     let legacy = legacy_iptables_tables();
     if !legacy.is_empty() {
         notes.push(format!(
@@ -409,11 +428,16 @@ fn read_rules() -> std::io::Result<HashMap<RuleKey, String>> {
 }
 
 /// The namespaces `--verdicts` names: each a lab node name (`host`, `dind2`) or a namespace
-/// inode. The machine's root namespace is traced only when named by its inode: a lab node
-/// that turns out to be the root namespace is refused.
+/// inode. The machine's root namespace (and the tracer's own) is traced only when named by
+/// its inode: a lab node that turns out to be one of them is refused.
 pub fn resolve(names: &[String], nodes: &crate::nodes::NodeNames) -> Result<Vec<Target>> {
     use std::os::unix::fs::MetadataExt as _;
-    let root = std::fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
+    // The root namespace is init's; where /proc/1 cannot be read (a container), the
+    // tracer's own namespace stands for it.
+    let protected: Vec<u64> = ["/proc/1/ns/net", "/proc/self/ns/net"]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).map(|m| m.ino()).ok())
+        .collect();
     let mut targets: Vec<Target> = Vec::new();
     for name in names {
         let (inode, by_inode) = match name.parse::<u32>() {
@@ -427,10 +451,11 @@ pub fn resolve(names: &[String], nodes: &crate::nodes::NodeNames) -> Result<Vec<
                 ),
             },
         };
-        if !by_inode && root == Some(u64::from(inode)) {
+        if !by_inode && protected.contains(&u64::from(inode)) {
             bail!(
-                "--verdicts {name}: that node is the machine's root namespace; the tracer adds \
-                 nftables rules there only when you name it by its inode ({inode})"
+                "--verdicts {name}: that node is the machine's root namespace (or the tracer's \
+                 own); the tracer adds nftables rules there only when you name it by its inode \
+                 ({inode})"
             );
         }
         if targets.iter().any(|t| t.inode == inode) {

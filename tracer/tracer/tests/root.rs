@@ -1163,3 +1163,61 @@ fn the_verdict_table_dies_with_the_tracer() {
         );
     });
 }
+
+/// A lab node name that is in fact the machine's root namespace is refused: the root
+/// namespace gets a table only when named by its inode. A namespace without rules is said
+/// to have nothing to trace.
+#[test]
+fn verdicts_refuse_the_root_namespace_by_name_and_say_when_nothing_can_decide() {
+    let _serial = need_root();
+    hygienic(|| {
+        let root_tables = nft_tables(None);
+        // The tests run in the root namespace; /proc/1 may not be readable in a container,
+        // our own namespace is.
+        let root = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let names = std::env::temp_dir().join(format!("tracer-test-names-{}", rand_suffix()));
+        std::fs::write(
+            &names,
+            format!(r#"{{"pid": 0, "nodes": {{"sneaky": {root}}}}}"#),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args([
+                "path",
+                "--verdicts",
+                "sneaky",
+                "--duration",
+                "0.1",
+                "--netns-names",
+            ])
+            .arg(&names)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&names);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("that node is the machine's root namespace (or the tracer's own)"),
+            "{err}"
+        );
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
+
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let t = Tracer::start(&["path", "--verdicts", &ino, "--duration", "0.5", "udp"]);
+        let (_, err) = t.finish();
+        assert!(
+            err.contains("no nftables table but the tracer's own"),
+            "{err}"
+        );
+        assert!(
+            nft_tables(Some(&ns)).is_empty(),
+            "{:?}",
+            nft_tables(Some(&ns))
+        );
+    });
+}
