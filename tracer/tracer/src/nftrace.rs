@@ -137,6 +137,9 @@ const HOOKS: [(u32, &str); 5] = [
 pub const PRIORITY: i32 = -1000;
 
 const NFPROTO_INET: u8 = 1;
+/// Set to `1`, the tracer makes its table without the owner flag, as it must before Linux
+/// 5.12 (for the tests of that fallback on newer kernels).
+pub const NO_OWNER_FLAG: &str = "TRACER_NFT_NO_OWNER_FLAG";
 const NFT_TABLE_F_OWNER: u32 = 0x2;
 
 impl NfTrace {
@@ -279,15 +282,23 @@ fn trace_here(
             return;
         }
     };
-    let owner = match create_table(&mut socket, true) {
+    // Behave as on a kernel without the owner flag: the fallback, testable on new kernels.
+    let try_owner = std::env::var_os(NO_OWNER_FLAG).is_none_or(|v| v != "1");
+    let first = if try_owner {
+        create_table(&mut socket, true)
+    } else {
+        Err(std::io::Error::from_raw_os_error(nix::libc::EOPNOTSUPP))
+    };
+    let owner = match first {
         Ok(()) => true,
         // Before Linux 5.12 an unknown table flag is refused with EOPNOTSUPP.
-        Err(e)
-            if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP)
-                || e.kind() == std::io::ErrorKind::Unsupported =>
-        {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {
             if let Err(e) = create_table(&mut socket, false) {
-                let _ = ready.send(Err(anyhow::anyhow!("in {}: {e}", target.label)));
+                let _ = ready.send(Err(anyhow::anyhow!(
+                    "in {}: creating table inet {}: {e}",
+                    target.label,
+                    table_name()
+                )));
                 return;
             }
             notes.push(format!(
@@ -308,7 +319,11 @@ fn trace_here(
             } else {
                 ""
             };
-            let _ = ready.send(Err(anyhow::anyhow!("in {}: {e}{hint}", target.label)));
+            let _ = ready.send(Err(anyhow::anyhow!(
+                "in {}: creating table inet {}: {e}{hint}",
+                target.label,
+                table_name()
+            )));
             return;
         }
     };

@@ -1221,3 +1221,36 @@ fn verdicts_refuse_the_root_namespace_by_name_and_say_when_nothing_can_decide() 
         );
     });
 }
+
+/// On a kernel without nftables' owner flag (Linux < 5.12; simulated here), the tracer deletes
+/// its table itself on a normal exit and on Ctrl-C, and says that a SIGKILL would leave it.
+#[test]
+fn without_the_owner_flag_the_table_is_deleted_and_the_sigkill_gap_is_said() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let env = [(tracer::nftrace::NO_OWNER_FLAG, "1")];
+        let t = Tracer::start_with_env(&["path", "--verdicts", &ino, "--duration", "0.5"], &env);
+        let table = tracer_table(&t);
+        assert!(nft_tables(Some(&ns)).contains(&table));
+        let (_, err) = t.finish();
+        assert!(
+            err.contains("no nftables `owner` flag") && err.contains("a SIGKILL would leave it"),
+            "{err}"
+        );
+        // Deleted by the tracer, not by the kernel: at once.
+        assert!(!nft_tables(Some(&ns)).contains(&table), "normal exit");
+
+        let mut t = Tracer::start_with_env(&["path", "--verdicts", &ino], &env);
+        let table = tracer_table(&t);
+        // Our own child, not yet waited for: its pid cannot have been reused.
+        kill(Pid::from_raw(t.child.id() as i32), Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "tracer ignored SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!nft_tables(Some(&ns)).contains(&table), "Ctrl-C");
+    });
+}

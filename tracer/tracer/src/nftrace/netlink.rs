@@ -248,7 +248,8 @@ impl Socket {
     }
 
     /// Sends a batch of nf_tables changes (each built with `NLM_F_ACK`) and waits for the
-    /// kernel's answer to each; the first error is returned, with what was being done.
+    /// kernel's answer to each; the first error is returned as the kernel's errno (`what`
+    /// names the change in a timeout's message).
     pub fn transact(&mut self, changes: Vec<Message>, what: &str) -> io::Result<()> {
         let begin_seq = self.next_seq();
         let mut batch = Message::new(
@@ -294,10 +295,8 @@ impl Socket {
                 }
                 match error_code(m.body) {
                     0 => acknowledged += 1,
-                    code => {
-                        let error = io::Error::from_raw_os_error(-code);
-                        return Err(io::Error::new(error.kind(), format!("{what}: {error}")));
-                    }
+                    // The kernel's own errno, so that callers can tell them apart.
+                    code => return Err(io::Error::from_raw_os_error(-code)),
                 }
             }
         }
