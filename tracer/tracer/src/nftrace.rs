@@ -78,6 +78,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The kernel's event for a chain that ran out of rules (evaluation goes on after it):
+    /// no rule decided anything.
+    pub fn is_end_of_rules(&self) -> bool {
+        self.kind == "rule" && self.rule_handle.is_none() && self.verdict == "continue"
+    }
+
     /// `ip nat DOCKER rule 4: iifname "br-dind" counter return → return`, one line.
     pub fn line(&self) -> String {
         let place = format!("{} {} {}", self.family, self.table, self.chain);

@@ -294,7 +294,8 @@ pub fn format_human(r: &Record, mode: Mode) -> String {
         line.push_str("\n    ↳ ");
         line.push_str(e);
     }
-    for v in &r.verdicts {
+    // A chain that ran out of rules decided nothing: left out here, kept in JSON.
+    for v in r.verdicts.iter().filter(|v| !v.is_end_of_rules()) {
         line.push_str("\n    ↳ nft ");
         line.push_str(&v.line());
     }

@@ -349,11 +349,13 @@ fn payload_field(
 ) -> (String, Kind) {
     let named = match (base, l3, offset, len) {
         (1, Some(4), 9, 1) => Some(("ip protocol", Kind::Protocol)),
-        (1, Some(4), 12, 4) => Some(("ip saddr", Kind::Address)),
-        (1, Some(4), 16, 4) => Some(("ip daddr", Kind::Address)),
+        // A network on a byte boundary is compared on its first bytes only (iptables-nft's
+        // `-s 172.17.0.0/16` loads 2 bytes): shown as a prefix by `show`.
+        (1, Some(4), 12, 1..=4) => Some(("ip saddr", Kind::Address)),
+        (1, Some(4), 16, 1..=4) => Some(("ip daddr", Kind::Address)),
         (1, Some(6), 6, 1) => Some(("ip6 nexthdr", Kind::Protocol)),
-        (1, Some(6), 8, 16) => Some(("ip6 saddr", Kind::Address)),
-        (1, Some(6), 24, 16) => Some(("ip6 daddr", Kind::Address)),
+        (1, Some(6), 8, 1..=16) => Some(("ip6 saddr", Kind::Address)),
+        (1, Some(6), 24, 1..=16) => Some(("ip6 daddr", Kind::Address)),
         _ => None,
     };
     if let Some((name, kind)) = named {
@@ -404,6 +406,17 @@ fn show(kind: Kind, value: &[u8]) -> String {
         },
         (Kind::Address, 4) => Ipv4Addr::from(<[u8; 4]>::try_from(value).unwrap()).to_string(),
         (Kind::Address, 16) => Ipv6Addr::from(<[u8; 16]>::try_from(value).unwrap()).to_string(),
+        // The first bytes of an address: a network.
+        (Kind::Address, n @ 1..=3) => {
+            let mut a = [0u8; 4];
+            a[..n].copy_from_slice(value);
+            format!("{}/{}", Ipv4Addr::from(a), n * 8)
+        }
+        (Kind::Address, n @ 5..=15) => {
+            let mut a = [0u8; 16];
+            a[..n].copy_from_slice(value);
+            format!("{}/{}", Ipv6Addr::from(a), n * 8)
+        }
         (Kind::Port, 2) => u16::from_be_bytes([value[0], value[1]]).to_string(),
         (Kind::Family, 1) => match value[0] {
             2 => "ipv4".into(),
@@ -662,6 +675,17 @@ mod tests {
             rule_text(2, &rule),
             "ip saddr 172.18.0.0/16 [quota] masquerade"
         );
+        // iptables-nft's `! -o docker0 -s 172.17.0.0/16 -j MASQUERADE` compares two bytes.
+        let two = data(&[172, 17]);
+        let rule: Vec<Expression> = vec![
+            (
+                "payload",
+                vec![(1, be(1)), (2, be(1)), (3, be(12)), (4, be(2))],
+            ),
+            ("cmp", vec![(1, be(1)), (2, be(0)), (3, &two[..])]),
+            ("target", vec![(1, b"MASQUERADE\0"), (2, be(0))]),
+        ];
+        assert_eq!(rule_text(2, &rule), "ip saddr 172.17.0.0/16 masquerade");
         assert_eq!(prefix_length(&[255, 0, 255, 0]), None);
     }
 
