@@ -275,6 +275,13 @@ fn main_result() -> anyhow::Result<()> {
         count(summary.attached, "tracepoint"),
         summary.attach_time.as_secs_f64() * 1000.0
     );
+    if summary.lost_verdicts > 0 {
+        eprintln!(
+            "tracer: nftables trace events were lost {} (the tracer's netlink socket was full): \
+             narrow the traffic or the namespaces",
+            count(summary.lost_verdicts as usize, "time")
+        );
+    }
     if summary.unmatched_verdicts > 0 {
         eprintln!(
             "tracer: {} matched no hop shown (their packets were not traced: filter, tracepoints)",

@@ -27,7 +27,7 @@ pub mod trace;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -123,6 +123,8 @@ pub struct NfTrace {
     threads: Vec<JoinHandle<()>>,
     /// Notes for the user (a kernel without the owner flag, legacy iptables rules, …).
     pub notes: Vec<String>,
+    /// Trace messages the kernel could not deliver (our socket's buffer was full).
+    lost: Arc<AtomicU64>,
 }
 
 /// The tracer's own table in every namespace: one per tracer process.
@@ -159,6 +161,7 @@ impl NfTrace {
             stop: stop.clone(),
             threads: Vec::new(),
             notes: Vec::new(),
+            lost: Arc::new(AtomicU64::new(0)),
         };
         for target in targets {
             let (ready_tx, ready_rx) = mpsc::channel();
@@ -166,6 +169,7 @@ impl NfTrace {
                 .with_context(|| format!("cannot open the namespace of {}", target.label))?;
             let label = target.label.clone();
             let (sender, stop, target) = (sender.clone(), stop.clone(), target.clone());
+            let lost = nf.lost.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nftrace-{}", target.inode))
                 .spawn(move || {
@@ -177,7 +181,7 @@ impl NfTrace {
                         return;
                     }
                     drop(namespace);
-                    trace_here(&target, &sender, &stop, ready_tx);
+                    trace_here(&target, &sender, &stop, &lost, ready_tx);
                 })
                 .context("cannot start a thread")?;
             nf.threads.push(thread);
@@ -188,6 +192,14 @@ impl NfTrace {
             }
         }
         Ok(nf)
+    }
+}
+
+impl NfTrace {
+    /// How many times the kernel could not deliver trace messages because the tracer's
+    /// socket buffer was full (each time, one or more events were lost).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -275,6 +287,7 @@ fn trace_here(
     target: &Target,
     sender: &mpsc::Sender<Verdict>,
     stop: &AtomicBool,
+    lost: &AtomicU64,
     ready: mpsc::Sender<Result<Vec<String>>>,
 ) {
     let mut notes = Vec::new();
@@ -380,7 +393,11 @@ fn trace_here(
         let n = match socket.receive(&mut buffer, Duration::from_millis(100)) {
             Ok(Some(n)) => n,
             Ok(None) => continue,
-            // ENOBUFS: events were lost because we read too slowly. Keep going.
+            // ENOBUFS: the kernel dropped events because we read too slowly. Count, go on.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                lost.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(_) => continue,
         };
         let now = crate::output::Clock::now().unix_ns(mono_now());
@@ -416,8 +433,10 @@ fn trace_here(
                 };
                 if !names.contains_key(&key) {
                     names = read_rules().unwrap_or(names);
+                    // Not there even now (deleted meanwhile): do not dump again for it.
+                    names.entry(key.clone()).or_default();
                 }
-                v.rule = names.get(&key).cloned();
+                v.rule = names.get(&key).filter(|text| !text.is_empty()).cloned();
             }
             if sender.send(v).is_err() {
                 break;

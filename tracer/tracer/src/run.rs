@@ -70,6 +70,8 @@ pub struct Summary {
     pub attach_time: Duration,
     /// `--verdicts`: verdicts that matched no hop shown.
     pub unmatched_verdicts: u64,
+    /// `--verdicts`: overflows of the trace socket (events the kernel could not deliver).
+    pub lost_verdicts: u64,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -275,6 +277,7 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
         for verdict in nf.verdicts.try_iter() {
             joiner.push_verdict(verdict, now);
         }
+        summary.lost_verdicts = nf.lost();
         drop(nf); // stops the threads: their tables go
         for record in joiner.ready(now, true) {
             if write_record(out, &record, opts).is_err() {
