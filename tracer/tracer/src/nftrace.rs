@@ -408,13 +408,10 @@ fn trace_here(
             let Some(mut v) = trace::decode(m.body) else {
                 continue;
             };
-            if v.table == table && v.family == "inet" {
-                continue; // our own `meta nftrace set 1`
-            }
             v.time_ns = now;
             v.netns = target.inode;
-            // The kernel sends the packet's headers only with the first event of each hook
-            // it passes; the events after it carry the same trace id.
+            // The kernel sends the packet's headers only with the first event of each base
+            // chain it passes; the events after it carry the same trace id.
             if v.src.is_some() {
                 if packets.len() > 4096 {
                     packets.clear();
@@ -423,6 +420,9 @@ fn trace_here(
                 packets.insert(v.trace_id, headers);
             } else if let Some(&headers) = packets.get(&v.trace_id) {
                 (v.proto, v.src, v.dst, v.sport, v.dport, v.iif, v.oif) = headers;
+            }
+            if v.table == table && v.family == "inet" {
+                continue; // our own `meta nftrace set 1`
             }
             if let Some(handle) = v.rule_handle {
                 let key = RuleKey {
