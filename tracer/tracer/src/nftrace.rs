@@ -75,6 +75,10 @@ pub struct Verdict {
     pub iif: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oif: Option<u32>,
+    /// The netfilter hook (`prerouting`, `input`, …): a base chain's own, or for a chain
+    /// jumped to (DOCKER), that of the base chain the packet was in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
 }
 
 impl Verdict {
@@ -377,6 +381,9 @@ fn trace_here(
     let _ = ready.send(Ok(notes));
 
     let mut names: HashMap<RuleKey, String> = HashMap::new();
+    let mut chains: HashMap<rules::ChainKey, Option<String>> = HashMap::new();
+    // The hook each traced packet is in, by trace id (for chains jumped to).
+    let mut hooks: HashMap<u32, String> = HashMap::new();
     type Headers = (
         u8,
         Option<IpAddr>,
@@ -421,6 +428,25 @@ fn trace_here(
             } else if let Some(&headers) = packets.get(&v.trace_id) {
                 (v.proto, v.src, v.dst, v.sport, v.dport, v.iif, v.oif) = headers;
             }
+            let chain_key = (
+                trace::family_number(&v.family),
+                v.table.clone(),
+                v.chain.clone(),
+            );
+            if !chains.contains_key(&chain_key) {
+                chains = read_chains().unwrap_or(chains);
+                chains.entry(chain_key.clone()).or_default();
+            }
+            match chains.get(&chain_key).cloned().flatten() {
+                Some(hook) => {
+                    if hooks.len() > 4096 {
+                        hooks.clear();
+                    }
+                    hooks.insert(v.trace_id, hook.clone());
+                    v.hook = Some(hook);
+                }
+                None => v.hook = hooks.get(&v.trace_id).cloned(),
+            }
             if v.table == table && v.family == "inet" {
                 continue; // our own `meta nftrace set 1`
             }
@@ -458,6 +484,17 @@ fn trace_here(
 fn mono_now() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock_gettime");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// Every chain of the namespace: its hook's name for a base chain, `None` for the others
+/// (`NFT_MSG_GETCHAIN` dump, all families).
+fn read_chains() -> std::io::Result<HashMap<rules::ChainKey, Option<String>>> {
+    let mut socket = Socket::new()?;
+    let bodies = socket.dump(nft_type(4), 0)?;
+    Ok(bodies
+        .iter()
+        .filter_map(|b| rules::parse_chain(b))
+        .collect())
 }
 
 /// Every rule of the namespace, by key, as text (`NFT_MSG_GETRULE` dump, all families).

@@ -1103,6 +1103,14 @@ fn verdicts_show_the_docker_chain_return() {
             lines.iter().all(|l| !l.contains("dnat")),
             "the DNAT rule never decided: {lines:#?}"
         );
+        // DOCKER has no hook of its own: it was jumped to from PREROUTING.
+        let docker = hop["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["chain"] == "DOCKER")
+            .unwrap();
+        assert_eq!(docker["hook"], "prerouting", "{docker}");
         let drop = ours
             .iter()
             .find(|e| e["event"] == "kfree_skb")

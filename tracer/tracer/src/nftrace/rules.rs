@@ -48,6 +48,42 @@ pub struct RuleKey {
     pub handle: u64,
 }
 
+/// Where a chain lives: address family, table, chain.
+pub type ChainKey = (u8, String, String);
+
+/// Parses one `NFT_MSG_NEWCHAIN` body (an answer to a chain dump): its key, and for a base
+/// chain the name of its hook (`NFTA_CHAIN_HOOK` → `NFTA_HOOK_HOOKNUM`).
+pub fn parse_chain(body: &[u8]) -> Option<(ChainKey, Option<String>)> {
+    let family = *body.first()?;
+    let attrs = attributes(body.get(4..)?);
+    let table = string(find(&attrs, 1))?; // NFTA_CHAIN_TABLE
+    let chain = string(find(&attrs, 3))?; // NFTA_CHAIN_NAME
+    let hook = find(&attrs, 4) // NFTA_CHAIN_HOOK
+        .map(attributes)
+        .and_then(|h| be32(find(&h, 1))) // NFTA_HOOK_HOOKNUM
+        .map(|number| hook_name(family, number));
+    Some(((family, table, chain), hook))
+}
+
+/// A hook's name, as nft writes it, by family (`NF_INET_*`, `NF_NETDEV_*`, `NF_ARP_*`).
+pub fn hook_name(family: u8, number: u32) -> String {
+    let names: &[&str] = match family {
+        5 => &["ingress", "egress"],
+        3 => &["input", "output", "forward"],
+        _ => &[
+            "prerouting",
+            "input",
+            "forward",
+            "output",
+            "postrouting",
+            "ingress",
+        ],
+    };
+    names
+        .get(number as usize)
+        .map_or_else(|| format!("hook {number}"), |n| n.to_string())
+}
+
 /// The name nft gives an nf_tables address family (`NFPROTO_*`).
 pub fn family_name(family: u8) -> &'static str {
     match family {
@@ -702,6 +738,32 @@ mod tests {
             ("counter", vec![]),
         ];
         assert_eq!(rule_text(2, &rule), "fib daddr type local counter");
+    }
+
+    #[test]
+    fn base_chains_name_their_hook() {
+        let mut m = crate::nftrace::netlink::Message::new(0, 0, 0, 2, 0);
+        m.string(1, "nat").string(3, "PREROUTING");
+        let hook = m.nest(4);
+        m.be32(1, 0).be32(2, (-100i32) as u32);
+        m.end_nest(hook);
+        let bytes = m.finish();
+        assert_eq!(
+            parse_chain(&bytes[16..]),
+            Some((
+                (2, "nat".into(), "PREROUTING".into()),
+                Some("prerouting".into())
+            ))
+        );
+        let mut m = crate::nftrace::netlink::Message::new(0, 0, 0, 2, 0);
+        m.string(1, "nat").string(3, "DOCKER");
+        let bytes = m.finish();
+        assert_eq!(
+            parse_chain(&bytes[16..]),
+            Some(((2, "nat".into(), "DOCKER".into()), None)),
+            "a chain jumped to has no hook of its own"
+        );
+        assert_eq!(hook_name(5, 0), "ingress");
     }
 
     #[test]
