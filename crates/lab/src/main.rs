@@ -17,6 +17,8 @@ mod exec;
 mod repro;
 mod repro_capture;
 mod repro_fix;
+#[cfg_attr(not(feature = "hop-table"), allow(dead_code))]
+mod repro_verdicts;
 mod style;
 mod up;
 

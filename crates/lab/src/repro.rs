@@ -39,6 +39,7 @@ pub fn run() -> Result<()> {
     step(2, "Programs: the echo server in `server` (0.0.0.0:4000), the userland proxy in `host` (0.0.0.0:4000)");
 
     let hop_tracer = hops::start();
+    let verdict_tracer = crate::repro_verdicts::start(&story);
     let bridge_capture = crate::repro_capture::start(&story);
 
     step(
@@ -60,6 +61,7 @@ pub fn run() -> Result<()> {
     // Take the tracer's events before the capture reads its frames: those reads are
     // kernel events too (skb copies), not part of the story.
     let hop_records = hops::finish(hop_tracer);
+    crate::repro_verdicts::finish(verdict_tracer);
     crate::repro_capture::show(bridge_capture);
 
     hops::show(hop_records, &story);
@@ -180,6 +182,12 @@ mod hops {
                         Ok(()) => super::hop_ct::annotate(&text, &table, &records),
                         Err(_) => text,
                     };
+                    // Under each hop, the netfilter rules that decided there (the host's).
+                    let rows: Vec<_> = table
+                        .iter()
+                        .map(|h| (h.netns, h.tuple.clone(), h.first_ns))
+                        .collect();
+                    let text = crate::repro_verdicts::annotate(&text, &rows);
                     // The book's figure of this table (`cargo xtask book --refresh`).
                     if let Some(path) = std::env::var_os("LAB_JOURNEY_SVG") {
                         let steps: Vec<super::journey::Step> = table

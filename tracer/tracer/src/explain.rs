@@ -145,7 +145,7 @@ pub fn read_conntrack(netns: u32) -> Result<String> {
 
 /// A path that opens the network namespace with inode `netns`: a task's `ns/net`, or a
 /// file descriptor that holds it.
-fn find_namespace(netns: u64) -> Result<String> {
+pub(crate) fn find_namespace(netns: u64) -> Result<String> {
     let pids: Vec<String> = fs::read_dir("/proc")
         .context("cannot list /proc")?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -15,6 +15,8 @@
 //! - [`output`] — decodes events into [`output::Record`]s and formats them (columns or JSON).
 //! - [`explain`] — `--explain`: matches a NO_SOCKET drop against the namespace's conntrack table.
 //! - [`pcap`] — `path --pcap FILE`: the hops as a pcapng capture, one packet per hop.
+//! - [`nftrace`] — `path --verdicts`: nftables rule tracing in named namespaces, verdicts joined
+//!   to hops.
 //! - [`run`] — the main loop used by the binary; [`bench`] — the benchmark;
 //!   [`capabilities`] — `tracer kernel`, what this kernel offers (for `cargo xtask doctor`).
 //!
@@ -39,6 +41,7 @@ pub mod conntrack;
 pub mod explain;
 pub mod filter;
 pub mod kallsyms;
+pub mod nftrace;
 pub mod nodes;
 pub mod output;
 pub mod pcap;

@@ -40,6 +40,12 @@ enum Command {
         /// reason) as the packet's comment.
         #[arg(long, value_name = "FILE")]
         pcap: Option<PathBuf>,
+        /// Also show which nftables rule decided each packet's fate (iptables-nft rules
+        /// too), under its hop, in these namespaces only: lab node names or netns inodes,
+        /// comma-separated, e.g. `host,dind2`. Adds a table `inet tracer-PID` there while
+        /// running (`meta nftrace set 1`); the machine's root namespace only if named by inode.
+        #[arg(long, value_delimiter = ',', value_name = "NODE|INODE")]
+        verdicts: Option<Vec<String>>,
     },
     /// Measure attach time, packets/s with and without the tracer, and event throughput.
     Bench {
@@ -239,11 +245,19 @@ fn main_result() -> anyhow::Result<()> {
             track_skb,
             tracepoints,
             pcap,
+            verdicts,
         } => {
             let mut o = options(Mode::Path, common)?;
             o.track_skb = track_skb;
             o.tracepoints = tracepoints;
             o.pcap = pcap;
+            if let Some(names) = verdicts {
+                let nodes = tracer::nodes::NodeNames::new(
+                    Some(tracer::nodes::registry_dir()),
+                    o.netns_names.as_deref(),
+                )?;
+                o.verdicts = tracer::nftrace::resolve(&names, &nodes)?;
+            }
             o
         }
         Command::Kernel => {
@@ -273,6 +287,19 @@ fn main_result() -> anyhow::Result<()> {
             "tracer: {} written to {}",
             count(summary.events as usize, "packet"),
             path.display()
+        );
+    }
+    if summary.lost_verdicts > 0 {
+        eprintln!(
+            "tracer: nftables trace events were lost {} (the tracer's netlink socket was full): \
+             narrow the traffic or the namespaces",
+            count(summary.lost_verdicts as usize, "time")
+        );
+    }
+    if summary.unmatched_verdicts > 0 {
+        eprintln!(
+            "tracer: {} matched no hop shown (their packets were not traced: filter, tracepoints)",
+            count(summary.unmatched_verdicts as usize, "nftables verdict")
         );
     }
     Ok(())

@@ -68,6 +68,10 @@ pub struct Record {
     /// no conntrack.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct: Option<Ct>,
+    /// `path --verdicts`: the nftables rules that decided this packet's fate in this
+    /// namespace, in the order the kernel applied them (see [`crate::nftrace`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<crate::nftrace::Verdict>,
 }
 
 impl Record {
@@ -235,6 +239,7 @@ impl Decoder {
             event,
             explain: None,
             ct: self.conntrack.as_ref().and_then(|c| c.decode(ev)),
+            verdicts: Vec::new(),
         }
     }
 }
@@ -299,6 +304,11 @@ pub fn format_human(r: &Record, mode: Mode) -> String {
     if let Some(e) = &r.explain {
         line.push_str("\n    ↳ ");
         line.push_str(e);
+    }
+    // A chain that ran out of rules decided nothing: left out here, kept in JSON.
+    for v in r.verdicts.iter().filter(|v| !v.is_end_of_rules()) {
+        line.push_str("\n    ↳ nft ");
+        line.push_str(&v.line());
     }
     line
 }

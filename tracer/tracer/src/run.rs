@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub ring_kib: u32,
     /// `path --pcap FILE`: also write every event as a pcapng packet ([`crate::pcap`]).
     pub pcap: Option<PathBuf>,
+    /// `path --verdicts`: trace nftables verdicts in these namespaces ([`crate::nftrace`]).
+    pub verdicts: Vec<crate::nftrace::Target>,
 }
 
 impl RunOptions {
@@ -58,6 +60,7 @@ impl RunOptions {
             tracepoints: None,
             ring_kib: 0,
             pcap: None,
+            verdicts: Vec::new(),
         }
     }
 }
@@ -69,6 +72,10 @@ pub struct Summary {
     pub lost: u64,
     pub attached: usize,
     pub attach_time: Duration,
+    /// `--verdicts`: verdicts that matched no hop shown.
+    pub unmatched_verdicts: u64,
+    /// `--verdicts`: overflows of the trace socket (events the kernel could not deliver).
+    pub lost_verdicts: u64,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -206,6 +213,17 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
         attach_time: tracer.attach_time,
         ..Default::default()
     };
+    // nftables tracing starts before the ready file: what is sent after it is traced.
+    let nftrace = if opts.verdicts.is_empty() {
+        None
+    } else {
+        let nf = crate::nftrace::NfTrace::start(&opts.verdicts)?;
+        for note in &nf.notes {
+            eprintln!("note: {note}");
+        }
+        Some(nf)
+    };
+    let mut joiner = crate::nftrace::join::Joiner::default();
     if let Some(path) = &opts.ready_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot create --ready-file {}", path.display()))?;
@@ -239,21 +257,30 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
             if opts.explain {
                 add_explanation(&mut record);
             }
+            summary.events += 1;
             if let Some(pcap) = pcap.as_mut().filter(|_| pcap_error.is_none()) {
                 if let Err(e) = pcap.write(&record, ev) {
                     pcap_error = Some(e);
                 }
             }
-            let line = if opts.json {
-                output::format_json(&record)
-            } else {
-                output::format_human(&record, opts.mode)
-            };
-            if let Err(e) = writeln!(out, "{line}") {
+            if nftrace.is_some() {
+                joiner.push_record(record, Instant::now());
+            } else if let Err(e) = write_record(out, &record, opts) {
                 write_error = Some(e);
             }
-            summary.events += 1;
         })?;
+        if let Some(nf) = &nftrace {
+            let now = Instant::now();
+            for verdict in nf.verdicts.try_iter() {
+                joiner.push_verdict(verdict, now);
+            }
+            for record in joiner.ready(now, false) {
+                if let Err(e) = write_record(out, &record, opts) {
+                    write_error = Some(e);
+                    break;
+                }
+            }
+        }
         if let Some(e) = write_error.take() {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break; // `tracer … | head`: the reader is gone, stop quietly.
@@ -271,6 +298,30 @@ pub fn run(opts: &RunOptions, out: &mut dyn Write, stop: &AtomicBool) -> Result<
     if let Some(pcap) = pcap {
         pcap.finish()?;
     }
+    if let Some(nf) = nftrace {
+        let now = Instant::now();
+        for verdict in nf.verdicts.try_iter() {
+            joiner.push_verdict(verdict, now);
+        }
+        summary.lost_verdicts = nf.lost();
+        drop(nf); // stops the threads: their tables go
+        for record in joiner.ready(now, true) {
+            if write_record(out, &record, opts).is_err() {
+                break;
+            }
+        }
+        summary.unmatched_verdicts = joiner.unmatched;
+    }
     summary.lost = tracer.lost()?;
     Ok(summary)
+}
+
+/// One record, as columns or JSON.
+fn write_record(out: &mut dyn Write, record: &Record, opts: &RunOptions) -> std::io::Result<()> {
+    let line = if opts.json {
+        output::format_json(record)
+    } else {
+        output::format_human(record, opts.mode)
+    };
+    writeln!(out, "{line}")
 }

@@ -1403,3 +1403,305 @@ fn a_drop_before_confirmation_shows_an_unconfirmed_entry() {
         assert!(!status.contains(&"CONFIRMED"), "{dump}");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// `path --verdicts`: nftables rule tracing in the namespaces the user names.
+
+/// The tables of the namespace (`nft list tables`), one `family name` per line.
+fn nft_tables(ns: Option<&Netns>) -> Vec<String> {
+    let list = || Command::new("nft").args(["list", "tables"]).output();
+    let out = match ns {
+        Some(ns) => ns.run(list),
+        None => list(),
+    }
+    .expect("nft (apt-get install nftables)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `inet tracer-PID`: the table the tracer with this pid makes.
+fn tracer_table(t: &Tracer) -> String {
+    format!("inet tracer-{}", t.child.id())
+}
+
+/// Waits (up to 5 s: the kernel removes an owned table when the socket is released) until
+/// the namespace has no table of this tracer.
+fn assert_table_gone(ns: &Netns, table: &str, how: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nft_tables(Some(ns)).iter().any(|t| t == table) {
+        assert!(
+            Instant::now() < deadline,
+            "{table} survived the tracer ({how}): {:?}",
+            nft_tables(Some(ns))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The story's rule, in miniature: A (10.98.0.1) sends to B (10.98.0.2) port 47010 over the
+/// cable tv-a/tv-b. B has Docker's NAT rules, written with iptables-nft as Docker writes them:
+/// PREROUTING jumps to DOCKER, DOCKER RETURNs for packets from the bridge side (`-i tv-b`),
+/// before the DNAT rule that would send port 47010 to 47011. The datagram arrives from tv-b,
+/// so DOCKER returns, no DNAT happens, and it dies with NO_SOCKET on 47010.
+fn cable_with_docker_rules() -> (Netns, Netns) {
+    let a = Netns::new();
+    let b = Netns::new();
+    a.sh(&format!(
+        "ip link add name tv-a type veth peer name tv-b netns {} && \
+         ip addr add 10.98.0.1/24 dev tv-a && ip link set tv-a up",
+        b.path.display()
+    ));
+    b.sh(
+        "ip addr add 10.98.0.2/24 dev tv-b && ip link set tv-b up && \
+         iptables-nft -t nat -N DOCKER && \
+         iptables-nft -t nat -A PREROUTING -p udp -j DOCKER && \
+         iptables-nft -t nat -A DOCKER -i tv-b -j RETURN && \
+         iptables-nft -t nat -A DOCKER -p udp --dport 47010 -j DNAT --to-destination 10.98.0.2:47011",
+    );
+    (a, b)
+}
+
+/// One verdict of the JSON output as the human output words it.
+fn verdict_line(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+    let place = format!("{} {} {}", s("family"), s("table"), s("chain"));
+    match s("kind").as_str() {
+        "policy" => format!("{place}: policy {}", s("verdict")),
+        "return" => format!("{place}: end of chain, {}", s("verdict")),
+        _ => format!("{place}: {} → {}", s("rule"), s("verdict")),
+    }
+}
+
+/// The rule that decided is shown under the hop where the packet entered B: DOCKER's RETURN
+/// for `-i tv-b`, and never the DNAT rule after it.
+#[test]
+fn verdicts_show_the_docker_chain_return() {
+    let _serial = need_root();
+    hygienic(|| {
+        let (a, b) = cable_with_docker_rules();
+        let root_tables = nft_tables(None);
+        let b_node = inode_arg(&b);
+        let t = Tracer::start(&[
+            "path",
+            "--verdicts",
+            &b_node,
+            "--duration",
+            "3",
+            "udp and port 47010",
+        ]);
+        let table = tracer_table(&t);
+        assert!(
+            nft_tables(Some(&b)).contains(&table),
+            "{table} not made in B: {:?}",
+            nft_tables(Some(&b))
+        );
+        assert!(!nft_tables(Some(&a)).contains(&table), "A was not named");
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
+        let sport = a.send_udp("10.98.0.2:47010");
+        let (events, err) = t.finish();
+        let dump = events
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let ours: Vec<&Value> = events.iter().filter(|e| e["sport"] == sport).collect();
+        let with_verdicts: Vec<&&Value> = ours
+            .iter()
+            .filter(|e| e.get("verdicts").is_some())
+            .collect();
+        assert_eq!(
+            with_verdicts.len(),
+            1,
+            "verdicts belong under one hop, where the datagram entered B; stderr: {err}\n{dump}"
+        );
+        let hop = with_verdicts[0];
+        assert_eq!(hop["netns"], b.inode, "{dump}");
+        let first_in_b = ours.iter().find(|e| e["netns"] == b.inode).unwrap();
+        assert_eq!(
+            first_in_b["time_ns"], hop["time_ns"],
+            "the first hop in B: {dump}"
+        );
+        let lines: Vec<String> = hop["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(verdict_line)
+            .collect();
+        assert_eq!(
+            lines[..2],
+            [
+                "ip nat PREROUTING: meta l4proto udp counter jump DOCKER → jump DOCKER",
+                "ip nat DOCKER: iifname \"tv-b\" counter return → return",
+            ],
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|l| !l.contains("dnat")),
+            "the DNAT rule never decided: {lines:#?}"
+        );
+        // DOCKER has no hook of its own: it was jumped to from PREROUTING.
+        let docker = hop["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["chain"] == "DOCKER")
+            .unwrap();
+        assert_eq!(docker["hook"], "prerouting", "{docker}");
+        let drop = ours
+            .iter()
+            .find(|e| e["event"] == "kfree_skb")
+            .unwrap_or_else(|| panic!("no drop: {dump}"));
+        assert_eq!(drop["dport"], 47010, "no DNAT happened: {dump}");
+        assert_table_gone(&b, &table, "normal exit");
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
+    });
+}
+
+/// The tracer's table goes with the tracer however it ends: Ctrl-C (SIGINT), and SIGKILL,
+/// which nothing in the tracer can handle (the `owner` flag: the kernel removes the table
+/// with the netlink socket that made it).
+#[test]
+fn the_verdict_table_dies_with_the_tracer() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let root_tables = nft_tables(None);
+        for signal in [Signal::SIGINT, Signal::SIGKILL] {
+            let mut t = Tracer::start(&["path", "--verdicts", &ino, "udp"]);
+            let table = tracer_table(&t);
+            assert!(
+                nft_tables(Some(&ns)).contains(&table),
+                "{table} not made: {:?}",
+                nft_tables(Some(&ns))
+            );
+            assert_eq!(
+                nft_tables(None),
+                root_tables,
+                "the root namespace got a table"
+            );
+            // Our own child, not yet waited for: its pid cannot have been reused.
+            kill(Pid::from_raw(t.child.id() as i32), signal).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let status = loop {
+                if let Some(s) = t.child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "tracer ignored {signal}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if signal == Signal::SIGINT {
+                let (_, err) = t.output();
+                assert!(status.success(), "{status}: {err}");
+            }
+            assert_table_gone(&ns, &table, &format!("{signal}"));
+        }
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
+    });
+}
+
+/// A lab node name that is in fact the machine's root namespace is refused: the root
+/// namespace gets a table only when named by its inode. A namespace without rules is said
+/// to have nothing to trace.
+#[test]
+fn verdicts_refuse_the_root_namespace_by_name_and_say_when_nothing_can_decide() {
+    let _serial = need_root();
+    hygienic(|| {
+        let root_tables = nft_tables(None);
+        // The tests run in the root namespace; /proc/1 may not be readable in a container,
+        // our own namespace is.
+        let root = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let names = std::env::temp_dir().join(format!("tracer-test-names-{}", rand_suffix()));
+        std::fs::write(
+            &names,
+            format!(r#"{{"pid": 0, "nodes": {{"sneaky": {root}}}}}"#),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args([
+                "path",
+                "--verdicts",
+                "sneaky",
+                "--duration",
+                "0.1",
+                "--netns-names",
+            ])
+            .arg(&names)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&names);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("that node is the machine's root namespace (or the tracer's own)"),
+            "{err}"
+        );
+        assert_eq!(
+            nft_tables(None),
+            root_tables,
+            "the root namespace got a table"
+        );
+
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let t = Tracer::start(&["path", "--verdicts", &ino, "--duration", "0.5", "udp"]);
+        let (_, err) = t.finish();
+        assert!(
+            err.contains("no nftables table but the tracer's own"),
+            "{err}"
+        );
+        assert!(
+            nft_tables(Some(&ns)).is_empty(),
+            "{:?}",
+            nft_tables(Some(&ns))
+        );
+    });
+}
+
+/// On a kernel without nftables' owner flag (Linux < 5.12; simulated here), the tracer deletes
+/// its table itself on a normal exit and on Ctrl-C, and says that a SIGKILL would leave it.
+#[test]
+fn without_the_owner_flag_the_table_is_deleted_and_the_sigkill_gap_is_said() {
+    let _serial = need_root();
+    hygienic(|| {
+        let ns = Netns::new();
+        let ino = inode_arg(&ns);
+        let env = [(tracer::nftrace::NO_OWNER_FLAG, "1")];
+        let t = Tracer::start_with_env(&["path", "--verdicts", &ino, "--duration", "0.5"], &env);
+        let table = tracer_table(&t);
+        assert!(nft_tables(Some(&ns)).contains(&table));
+        let (_, err) = t.finish();
+        assert!(
+            err.contains("no nftables `owner` flag") && err.contains("a SIGKILL would leave it"),
+            "{err}"
+        );
+        // Deleted by the tracer, not by the kernel: at once.
+        assert!(!nft_tables(Some(&ns)).contains(&table), "normal exit");
+
+        let mut t = Tracer::start_with_env(&["path", "--verdicts", &ino], &env);
+        let table = tracer_table(&t);
+        // Our own child, not yet waited for: its pid cannot have been reused.
+        kill(Pid::from_raw(t.child.id() as i32), Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "tracer ignored SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!nft_tables(Some(&ns)).contains(&table), "Ctrl-C");
+    });
+}
