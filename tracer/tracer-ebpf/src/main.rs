@@ -422,10 +422,26 @@ fn fill_tuple(hdr: &Headers, ev: &mut Event) {
     }
     ev.l3 = hdr.l3;
     ev.l4 = p.proto;
-    put_u64(&mut ev.saddr, 0, p.saddr[0] as u64 | (p.saddr[1] as u64) << 32);
-    put_u64(&mut ev.saddr, 8, p.saddr[2] as u64 | (p.saddr[3] as u64) << 32);
-    put_u64(&mut ev.daddr, 0, p.daddr[0] as u64 | (p.daddr[1] as u64) << 32);
-    put_u64(&mut ev.daddr, 8, p.daddr[2] as u64 | (p.daddr[3] as u64) << 32);
+    put_u64(
+        &mut ev.saddr,
+        0,
+        p.saddr[0] as u64 | (p.saddr[1] as u64) << 32,
+    );
+    put_u64(
+        &mut ev.saddr,
+        8,
+        p.saddr[2] as u64 | (p.saddr[3] as u64) << 32,
+    );
+    put_u64(
+        &mut ev.daddr,
+        0,
+        p.daddr[0] as u64 | (p.daddr[1] as u64) << 32,
+    );
+    put_u64(
+        &mut ev.daddr,
+        8,
+        p.daddr[2] as u64 | (p.daddr[3] as u64) << 32,
+    );
     if !hdr.l4_ok {
         return;
     }

@@ -424,6 +424,25 @@ impl Tracer {
         self.attached
     }
 
+    /// Instructions the kernel's verifier processed, summed over the loaded programs (the
+    /// `verified_insns` of `bpftool prog show`; Linux ≥ 5.16), or `None` if the kernel does not
+    /// say. A measure of what loading costs that does not depend on how busy the machine is.
+    pub fn verified_instructions(&self) -> Option<u64> {
+        let mut sum = 0u64;
+        let mut known = false;
+        for (_, program) in self._ebpf.programs() {
+            if let Some(n) = program
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                sum += u64::from(n);
+                known = true;
+            }
+        }
+        known.then_some(sum)
+    }
+
     /// Waits up to `timeout` for events, then calls `on_event` for every event available.
     /// Returns the number of events handled.
     pub fn poll(&mut self, timeout: Duration, mut on_event: impl FnMut(&Event)) -> Result<usize> {
