@@ -402,15 +402,19 @@ fn put_u64(field: &mut [u8; 16], at: usize, v: u64) {
 }
 
 /// What [`read_tuple`] found in the headers: what the filter needs ([`Packet`]), and the rest
-/// of the tuple for the event.
+/// of the tuple for the event. `#[repr(C)]` with no implicit padding: it is the argument of a
+/// global function ([`tracer_headers`]), which the verifier checks against its BTF type.
+#[repr(C)]
 #[derive(Default)]
-struct Headers {
+pub struct Headers {
     pkt: Packet,
     /// 4 or 6 for an IP packet whose header could be read, else 0.
     l3: u8,
+    /// 1 if `l4` holds the first bytes of the transport header.
+    l4_ok: u8,
+    _pad: [u8; 2],
     /// The first 4 bytes of the UDP/TCP/ICMP header, when `l4_ok`.
     l4: [u8; 4],
-    l4_ok: bool,
 }
 
 /// Copies the tuple of `hdr` into the event.
@@ -442,7 +446,7 @@ fn fill_tuple(hdr: &Headers, ev: &mut Event) {
         8,
         p.daddr[2] as u64 | (p.daddr[3] as u64) << 32,
     );
-    if !hdr.l4_ok {
+    if hdr.l4_ok == 0 {
         return;
     }
     match p.proto {
@@ -478,12 +482,30 @@ fn read_tuple(skb: u64, hdr: &mut Headers) {
         nh = data - head;
     }
     let ethertype = u16::from_be(field::<u16>(skb, config!(offsets.skb_protocol)));
-    let ip = head + nh;
+    tracer_headers(head + nh, ethertype as u32, hdr);
+}
+
+/// The part of [`read_tuple`] that parses the headers at `ip`, as a GLOBAL function: verified
+/// once per program, for any packet, like [`tracer_filter`] (a static function would be walked
+/// again for every path that reaches it). After the call the verifier knows nothing of the
+/// values in `hdr`, so the paths through the rest of `on_skb` do not multiply by the kinds of
+/// headers either. Returns 0.
+// SAFETY: `no_mangle` only keeps the name (and the global linkage); no other symbol of the object
+// is called `tracer_headers`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_headers(ip: u64, ethertype: u32, hdr: *mut Headers) -> i32 {
+    // The verifier makes a global function check its pointer arguments for NULL.
+    // SAFETY: the only caller passes a reference to a zeroed `Headers` on its stack.
+    let Some(hdr) = (unsafe { hdr.as_mut() }) else {
+        return 0;
+    };
+    let ethertype = ethertype as u16;
     // The first 48 bytes from the IP header, as six little-endian words: an IPv6 header and the
     // 8 bytes after it, or an IPv4 header (20 bytes, more with options) and what follows.
     // SAFETY: as in `read`: a faulting address is an error.
     let Ok(w) = (unsafe { bpf_probe_read_kernel(ip as *const [u64; 6]) }) else {
-        return;
+        return 0;
     };
     let pkt = &mut hdr.pkt;
     let b0 = w[0].to_le_bytes();
@@ -498,7 +520,7 @@ fn read_tuple(skb: u64, hdr: &mut Headers) {
         pkt.saddr[0] = (w[1] >> 32) as u32;
         pkt.daddr[0] = w[2] as u32;
         if u16::from_be_bytes([b0[6], b0[7]]) & 0x1fff != 0 {
-            return; // a later fragment carries no L4 header
+            return 0; // a later fragment carries no L4 header
         }
         let ihl = (b0[0] & 0x0f) as u64;
         hdr.l4 = if ihl == 5 {
@@ -527,7 +549,7 @@ fn read_tuple(skb: u64, hdr: &mut Headers) {
         ];
         if b0[6] == IPPROTO_FRAGMENT {
             pkt.inner = w[5] as u8; // byte 40: the fragment header's next header
-            return;
+            return 0;
         }
         hdr.l4 = (w[5] as u32).to_ne_bytes(); // bytes 40..44
     } else if ethertype == 0x0806 || ethertype == 0x8035 {
@@ -535,16 +557,17 @@ fn read_tuple(skb: u64, hdr: &mut Headers) {
         pkt.kind = if ethertype == 0x0806 { K_ARP } else { K_RARP };
         pkt.saddr[0] = (w[1] >> 48) as u32 | ((w[2] as u32) << 16);
         pkt.daddr[0] = w[3] as u32;
-        return;
+        return 0;
     } else {
-        return;
+        return 0;
     }
-    hdr.l4_ok = true;
+    hdr.l4_ok = 1;
     if matches!(pkt.proto, 6 | 17 | 132) {
         pkt.sport = u16::from_be_bytes([hdr.l4[0], hdr.l4[1]]);
         pkt.dport = u16::from_be_bytes([hdr.l4[2], hdr.l4[3]]);
         pkt.ports_ok = 1;
     }
+    0
 }
 
 /// The in-kernel filter, first part: namespace and interface.
@@ -564,7 +587,27 @@ fn matches_device(device: &Device) -> bool {
 /// function the userspace tests check against tcpdump ([`program::eval`]).
 #[inline(always)]
 fn matches_tuple(pkt: &Packet) -> bool {
-    program::eval(&CONFIG.filter.prog, config!(filter.len), pkt)
+    tracer_filter(pkt) != 0
+}
+
+/// [`program::eval`] on the packet, as a GLOBAL function (`#[no_mangle] pub extern "C"`: its BTF
+/// linkage is `global`). That changes how the kernel's verifier checks it: a static function, or
+/// inlined code, is walked again on every path that reaches it with a different state — the
+/// headers of IPv4, IPv6, ARP, a fragment, … — and the filter loop is the longest part of the
+/// program (≈30 instructions per filter instruction, up to 64 of them). A global function is
+/// verified ONCE per program, by itself, for any packet; its callers only check that they pass
+/// a pointer to a `Packet`. Returns 1 if the packet matches, 0 if not.
+// SAFETY: `no_mangle` only keeps the name (and the global linkage); no other symbol of the object
+// is called `tracer_filter`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn tracer_filter(pkt: *const Packet) -> i32 {
+    // The verifier makes a global function check its pointer arguments for NULL.
+    // SAFETY: the only caller passes a reference to a `Packet` on its stack.
+    let Some(pkt) = (unsafe { pkt.as_ref() }) else {
+        return 0;
+    };
+    program::eval(&CONFIG.filter.prog, config!(filter.len), pkt) as i32
 }
 
 #[cfg(not(test))]
