@@ -107,6 +107,11 @@ struct Rate {
     sent: f64,
     /// Datagrams the receiver read per second.
     received: f64,
+    /// CPU time of the sending thread per datagram sent, in µs. On loopback, the sender's
+    /// system call also runs the receive path in softirq (IP, UDP, the queue of the receiving
+    /// socket) and so every tracepoint but the receiver's own. Unlike the rates, a busy machine
+    /// changes it less: time spent waiting for a CPU is not counted.
+    cpu_us_per_datagram: f64,
 }
 
 /// Floods UDP inside the namespace for `time` (at most `pace` datagrams/s, if given); returns
@@ -139,6 +144,7 @@ fn flood(
             }
         })
     };
+    let sender_cpu = thread_cpu_time();
     let payload = [0x42u8; 64];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -159,11 +165,13 @@ fn flood(
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let sender_cpu = thread_cpu_time().saturating_sub(sender_cpu);
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
     Ok(Rate {
         sent: sent as f64 / secs,
         received: received.load(Ordering::Relaxed) as f64 / secs,
+        cpu_us_per_datagram: sender_cpu.as_secs_f64() * 1e6 / (sent.max(1) as f64),
     })
 }
 
@@ -172,6 +180,14 @@ fn flood(
 fn process_cpu_time() -> Duration {
     use nix::time::{clock_gettime, ClockId};
     clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(Duration::from)
         .unwrap_or_default()
 }
@@ -331,8 +347,11 @@ struct Report {
     drops: Traced,
     /// `drops` datagrams/s ÷ the mean of the bare rows before and after it.
     drops_ratio: f64,
+    /// `drops` CPU per datagram ÷ the same for the bare rows around it.
+    drops_cpu_ratio: f64,
     path_nonmatching: Traced,
     path_nonmatching_ratio: f64,
+    path_nonmatching_cpu_ratio: f64,
     path_every_skb: Traced,
     path_paced: Traced,
     /// Datagrams/s the paced row was paced at.
@@ -378,54 +397,66 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<()> {
     )?;
     writeln!(
         out,
-        "| setup | attach | datagrams/s sent | vs bare | received | events/s to userspace | lost |"
+        "| setup | attach | datagrams/s sent | vs bare | received | sender CPU µs/datagram | vs bare | events/s to userspace | lost |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     let bare = |out: &mut dyn Write, report: &mut Report| -> Result<Rate> {
         let (tx, _rx) = mpsc::channel();
         let r = flood(&ns, &tx, per, None)?;
         writeln!(
             out,
-            "| no tracer | – | {:.0} | – | {:.0} | – | – |",
-            r.sent, r.received
+            "| no tracer | – | {:.0} | – | {:.0} | {:.2} | – | – | – |",
+            r.sent, r.received, r.cpu_us_per_datagram
         )?;
         out.flush()?;
         report.bare.push(r);
         Ok(r)
     };
-    let row = |out: &mut dyn Write, name: &str, r: &Traced, ratio: Option<f64>| -> Result<()> {
-        writeln!(
-            out,
-            "| {name} | {} programs, {:.0} ms | {:.0} | {} | {:.0} | {:.0} | {} |",
-            r.attach.programs,
-            r.attach.wall_ms,
-            r.rate.sent,
-            ratio.map_or("–".into(), |x| format!("{:+.0} %", (x - 1.0) * 100.0)),
-            r.rate.received,
-            r.events,
-            r.lost
-        )?;
-        out.flush()?;
-        Ok(())
-    };
+    let percent =
+        |x: Option<f64>| x.map_or("–".into(), |x| format!("{:+.0} %", (x - 1.0) * 100.0));
+    let row =
+        |out: &mut dyn Write, name: &str, r: &Traced, ratios: Option<(f64, f64)>| -> Result<()> {
+            writeln!(
+                out,
+                "| {name} | {} programs, {:.0} ms | {:.0} | {} | {:.0} | {:.2} | {} | {:.0} | {} |",
+                r.attach.programs,
+                r.attach.wall_ms,
+                r.rate.sent,
+                percent(ratios.map(|r| r.0)),
+                r.rate.received,
+                r.rate.cpu_us_per_datagram,
+                percent(ratios.map(|r| r.1)),
+                r.events,
+                r.lost
+            )?;
+            out.flush()?;
+            Ok(())
+        };
     let b0 = bare(out, &mut report)?;
     report.drops = traced(&kernel, &ns, &kfree, Filter::default(), per, None)?;
     let b1 = bare(out, &mut report)?;
     report.drops_ratio = report.drops.rate.sent / ((b0.sent + b1.sent) / 2.0);
+    report.drops_cpu_ratio = report.drops.rate.cpu_us_per_datagram
+        / ((b0.cpu_us_per_datagram + b1.cpu_us_per_datagram) / 2.0);
     row(
         out,
         "`drops` (kfree_skb), no filter",
         &report.drops,
-        Some(report.drops_ratio),
+        Some((report.drops_ratio, report.drops_cpu_ratio)),
     )?;
     report.path_nonmatching = traced(&kernel, &ns, &all, nothing, per, None)?;
     let b2 = bare(out, &mut report)?;
     report.path_nonmatching_ratio = report.path_nonmatching.rate.sent / ((b1.sent + b2.sent) / 2.0);
+    report.path_nonmatching_cpu_ratio = report.path_nonmatching.rate.cpu_us_per_datagram
+        / ((b1.cpu_us_per_datagram + b2.cpu_us_per_datagram) / 2.0);
     row(
         out,
         "`path`, non-matching filter",
         &report.path_nonmatching,
-        Some(report.path_nonmatching_ratio),
+        Some((
+            report.path_nonmatching_ratio,
+            report.path_nonmatching_cpu_ratio,
+        )),
     )?;
     let mut everything = Filter::default();
     filter::restrict(&mut everything, Some(ns.inode), None);
@@ -462,9 +493,9 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<()> {
     match report.bpftrace {
         Some((attach_ms, rate)) => writeln!(
             out,
-            "| bpftrace `tracepoint:skb:kfree_skb` count by reason | 1 probe, {attach_ms:.0} ms (incl. start-up) | {rate:.0} | – | – | – | – |"
+            "| bpftrace `tracepoint:skb:kfree_skb` count by reason | 1 probe, {attach_ms:.0} ms (incl. start-up) | {rate:.0} | – | – | – | – | – | – |"
         )?,
-        None => writeln!(out, "| bpftrace | not installed or could not attach | | | | | |")?,
+        None => writeln!(out, "| bpftrace | not installed or could not attach | | | | | | | |")?,
     }
 
     // Start-up: every `path` program, three filters.
