@@ -7,6 +7,8 @@
 //!   the mean of the two bare rows around it, which cancels most of the drift of a busy machine),
 //! - with `drops` (one program on kfree_skb),
 //! - with `path` (every skb tracepoint) and a filter that matches nothing,
+//! - with `path --netns` of a namespace no skb is in: the programs decide from the device
+//!   alone, without reading a header — the floor of what 30 programs cost,
 //! - with `path` and a filter that matches the flood: every datagram becomes several events, and
 //!   we count how many reach userspace and how many are lost (ring buffer full),
 //! - with `path` and the flood PACED to about 50 000 events/s: are any lost?
@@ -352,6 +354,10 @@ struct Report {
     path_nonmatching: Traced,
     path_nonmatching_ratio: f64,
     path_nonmatching_cpu_ratio: f64,
+    /// `path --netns` of a namespace no skb is in: the cost of running the programs at all.
+    path_other_netns: Traced,
+    path_other_netns_ratio: f64,
+    path_other_netns_cpu_ratio: f64,
     path_every_skb: Traced,
     path_paced: Traced,
     /// Datagrams/s the paced row was paced at.
@@ -456,6 +462,25 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<()> {
         Some((
             report.path_nonmatching_ratio,
             report.path_nonmatching_cpu_ratio,
+        )),
+    )?;
+    // The floor: a namespace no skb is in (inode 1 is never a namespace's). Every program then
+    // decides from the skb's device alone — three loads, no packet header, no filter program:
+    // what remains is the cost of running 30 programs at all.
+    let mut elsewhere = Filter::default();
+    filter::restrict(&mut elsewhere, Some(1), None);
+    report.path_other_netns = traced(&kernel, &ns, &all, elsewhere, per, None)?;
+    let b3 = bare(out, &mut report)?;
+    report.path_other_netns_ratio = report.path_other_netns.rate.sent / ((b2.sent + b3.sent) / 2.0);
+    report.path_other_netns_cpu_ratio = report.path_other_netns.rate.cpu_us_per_datagram
+        / ((b2.cpu_us_per_datagram + b3.cpu_us_per_datagram) / 2.0);
+    row(
+        out,
+        "`path --netns` of another namespace (the floor)",
+        &report.path_other_netns,
+        Some((
+            report.path_other_netns_ratio,
+            report.path_other_netns_cpu_ratio,
         )),
     )?;
     let mut everything = Filter::default();
