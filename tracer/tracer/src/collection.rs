@@ -129,8 +129,10 @@ pub struct Tracer {
     pub slot_names: Vec<String>,
     /// Tracepoints that could not be attached, with the reason.
     pub skipped: Vec<(String, String)>,
-    /// How long loading and attaching took.
+    /// How long loading and attaching took, in all.
     pub attach_time: Duration,
+    /// Of which: reading the object file and creating its maps, before any program is loaded.
+    pub object_time: Duration,
     attached: usize,
 }
 
@@ -206,6 +208,18 @@ mod describe_tests {
         assert!(text.contains("needs root"), "{text}");
         assert!(!text.contains("verifier"), "{text}");
     }
+}
+
+/// Loads one `tp_btf` program for `tracepoint` (the kernel verifies it then) and attaches it.
+fn load_and_attach(
+    program: &mut aya::programs::Program,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), String> {
+    let prog: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+    prog.load(tracepoint, btf)
+        .and_then(|()| prog.attach().map(|_link| ()))
+        .map_err(|e| describe(&e))
 }
 
 /// The name of the program for slot `i` in the tracer's own object: `slot_0` … `slot_63`.
@@ -330,19 +344,70 @@ impl Tracer {
             .load(object)
             .context("cannot load the tracer's eBPF object (maps, globals)")?;
 
+        let object_time = started.elapsed();
+
+        // Load and attach the programs, several at a time. Nearly all of the time goes to the
+        // kernel's verifier (BPF_PROG_LOAD), which checks each program on the calling thread
+        // and lets privileged callers verify in parallel: one thread per CPU divides the wait.
+        // `programs_mut` hands out disjoint `&mut Program`s, so each thread owns its share.
+        let wanted: std::collections::HashMap<String, usize> = (0..slot_names.len())
+            .map(|i| (program_name(i), i))
+            .collect();
+        let mut work: Vec<(usize, &mut aya::programs::Program)> = ebpf
+            .programs_mut()
+            .filter_map(|(name, prog)| wanted.get(name).map(|&i| (i, prog)))
+            .collect();
+        work.sort_by_key(|(i, _)| *i);
+        if let Some(missing) = (0..slot_names.len()).find(|&i| work.get(i).map(|w| w.0) != Some(i))
+        {
+            bail!(
+                "program {} missing from the eBPF object",
+                program_name(missing)
+            );
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+            .min(work.len());
+        // Deal the programs out like cards (0, 2, 4, … to the first thread), so that every
+        // thread gets a fair share of the long and the short ones.
+        let mut hands: Vec<Vec<(usize, &mut aya::programs::Program)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (k, item) in work.into_iter().enumerate() {
+            hands[k % threads].push(item);
+        }
+        let slot_names_ref = &slot_names;
+        let aya_btf = &kernel.aya_btf;
+        let mut outcomes: Vec<(usize, Result<(), String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = hands
+                .into_iter()
+                .map(|hand| {
+                    scope.spawn(move || {
+                        hand.into_iter()
+                            .map(|(i, program)| {
+                                let name = &slot_names_ref[i];
+                                let result = load_and_attach(program, name, aya_btf);
+                                (i, result)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        outcomes.sort_by_key(|(i, _)| *i);
         let mut attached = 0;
-        for (i, name) in slot_names.iter().enumerate() {
-            let program = program_name(i);
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(&program)
-                .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
-                .try_into()?;
-            let result = prog
-                .load(name, &kernel.aya_btf)
-                .and_then(|()| prog.attach().map(|_link| ()));
-            match result {
+        for (i, outcome) in outcomes {
+            match outcome {
                 Ok(()) => attached += 1,
-                Err(e) => skipped.push((name.clone(), describe(&e))),
+                Err(e) => skipped.push((slot_names[i].clone(), e)),
             }
         }
         if attached == 0 {
@@ -368,6 +433,7 @@ impl Tracer {
             slot_names,
             skipped,
             attach_time: started.elapsed(),
+            object_time,
             attached,
         })
     }
@@ -375,6 +441,25 @@ impl Tracer {
     /// Number of tracepoints attached.
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Instructions the kernel's verifier processed, summed over the loaded programs (the
+    /// `verified_insns` of `bpftool prog show`; Linux ≥ 5.16), or `None` if the kernel does not
+    /// say. A measure of what loading costs that does not depend on how busy the machine is.
+    pub fn verified_instructions(&self) -> Option<u64> {
+        let mut sum = 0u64;
+        let mut known = false;
+        for (_, program) in self._ebpf.programs() {
+            if let Some(n) = program
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                sum += u64::from(n);
+                known = true;
+            }
+        }
+        known.then_some(sum)
     }
 
     /// Waits up to `timeout` for events, then calls `on_event` for every event available.

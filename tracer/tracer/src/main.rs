@@ -52,6 +52,9 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Also print every number as one JSON object, after the tables.
+        #[arg(long)]
+        json: bool,
     },
     /// What this kernel offers the tracer: BTF, the kfree_skb prototype, tp_btf attach (as
     /// root). One `key: ok|untested|missing: …` line each; exit code 1 if something is missing.
@@ -266,9 +269,13 @@ fn main_result() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Command::Bench { seconds } => {
+        Command::Bench { seconds, json } => {
             tracer::collection::check_privileges()?;
-            return tracer::bench::run(Duration::from_secs_f64(seconds), &mut std::io::stdout());
+            let options = tracer::bench::Options {
+                per: Duration::from_secs_f64(seconds),
+                json,
+            };
+            return tracer::bench::run(&options, &mut std::io::stdout());
         }
     };
     tracer::collection::check_privileges()?;
