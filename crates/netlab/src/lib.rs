@@ -23,6 +23,7 @@
 //! ```
 
 pub mod conntrack;
+pub mod netlink;
 pub mod netns;
 pub mod programs;
 pub mod sandbox;

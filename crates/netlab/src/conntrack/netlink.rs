@@ -17,14 +17,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-// From <linux/netlink.h>, <linux/netfilter/nfnetlink.h>, <linux/netfilter/nfnetlink_conntrack.h>.
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
+use crate::netlink::{
+    attributes, be16, be32, byte, error_code, find, messages, Message, NLMSG_DONE, NLMSG_ERROR,
+    NLM_F_DUMP, NLM_F_REQUEST,
+};
+
+// From <linux/netfilter/nfnetlink.h>, <linux/netfilter/nfnetlink_conntrack.h>.
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff; // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -81,14 +81,15 @@ pub fn dump() -> io::Result<String> {
         Type::RAW,
         Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
     )?;
-    // nlmsghdr (16 bytes) + nfgenmsg (4 bytes): family AF_UNSPEC = every family.
-    let mut request = Vec::with_capacity(20);
-    request.extend_from_slice(&20u32.to_ne_bytes());
-    request.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    request.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns ours
-    request.extend_from_slice(&[nix::libc::AF_UNSPEC as u8, 0, 0, 0]);
+    // One dump request; family AF_UNSPEC = every family.
+    let request = Message::new(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        nix::libc::AF_UNSPEC as u8,
+        0,
+    )
+    .finish();
     // Unconnected and unbound: a netlink socket sends to the kernel by default.
     socket.send(&request)?;
 
@@ -96,74 +97,22 @@ pub fn dump() -> io::Result<String> {
     let mut buffer = vec![0u8; 1 << 16];
     loop {
         let received = (&socket).read(&mut buffer)?;
-        let mut messages = &buffer[..received];
-        while messages.len() >= 16 {
-            let length = u32::from_ne_bytes(messages[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(messages[4..6].try_into().unwrap());
-            if length < 16 || length > messages.len() {
-                return Err(invalid("a netlink message with a bad length"));
-            }
-            let body = &messages[16..length];
-            match kind {
+        for message in messages(&buffer[..received]) {
+            match message.kind {
                 NLMSG_DONE => return Ok(table),
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(0..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                        .unwrap_or(0);
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                }
+                NLMSG_ERROR => match error_code(message.body) {
+                    0 => {}
+                    code => return Err(io::Error::from_raw_os_error(-code)),
+                },
                 _ => {
-                    if let Some(line) = entry_line(body) {
+                    if let Some(line) = entry_line(message.body) {
                         table.push_str(&line);
                         table.push('\n');
                     }
                 }
             }
-            messages = &messages[align(length).min(messages.len())..];
         }
     }
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
-}
-
-fn align(length: usize) -> usize {
-    (length + 3) & !3
-}
-
-/// The attributes in `bytes`: (type, value) pairs.
-fn attributes(mut bytes: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut found = Vec::new();
-    while bytes.len() >= 4 {
-        let length = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
-        if length < 4 || length > bytes.len() {
-            break;
-        }
-        found.push((kind, &bytes[4..length]));
-        bytes = &bytes[align(length).min(bytes.len())..];
-    }
-    found
-}
-
-fn find<'a>(attributes: &[(u16, &'a [u8])], kind: u16) -> Option<&'a [u8]> {
-    attributes.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
-}
-
-fn be16(value: Option<&[u8]>) -> Option<u16> {
-    Some(u16::from_be_bytes(value?.get(0..2)?.try_into().ok()?))
-}
-
-fn be32(value: Option<&[u8]>) -> Option<u32> {
-    Some(u32::from_be_bytes(value?.get(0..4)?.try_into().ok()?))
-}
-
-fn byte(value: Option<&[u8]>) -> Option<u8> {
-    value?.first().copied()
 }
 
 /// One tuple, as `/proc` prints it: `src=… dst=… sport=… dport=… ` (with the trailing
