@@ -174,7 +174,7 @@ pub fn copy_docker_proxy(deb: &Path, work: &Path, target: &Path) -> Result<()> {
 }
 
 /// Runs `cmd` quietly; its stdout, or an error with everything it printed.
-fn run(mut cmd: Command, what: &str) -> Result<String> {
+pub fn run(mut cmd: Command, what: &str) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

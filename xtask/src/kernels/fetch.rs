@@ -94,21 +94,6 @@ pub fn newest<'a>(spec: &KernelSpec, names: impl Iterator<Item = &'a str>) -> Op
         .map(str::to_string)
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// A private apt configuration for `suite` under `cache/apt/<suite>`, updated.
 fn private_apt(cache: &Path, suite: &str) -> Result<PrivateApt> {
     let apt_dir = cache.join("apt").join(suite);
@@ -202,7 +187,7 @@ pub fn fetch(cache: &Path, spec: &KernelSpec) -> Result<Fetched> {
         .context("the packages have no modules directory")?;
     let mut depmod = Command::new("depmod");
     depmod.arg("-b").arg(&tree).arg(&release);
-    run(depmod, "depmod")?;
+    crate::debian::run(depmod, "depmod")?;
     // The unpacked tree is all we boot from: the .deb files would double the cache's size.
     let _ = std::fs::remove_dir_all(&debs);
     std::fs::write(&done, format!("{release}\n"))?;
