@@ -339,6 +339,19 @@ fn the_story_s_hop_table_shows_conntrack_at_every_hop_and_the_docker_return() {
     // 5. The proxy's answer to the client reaches dind2 from 172.18.0.1:4000, not from the
     //    address the client wrote to: no socket wants it, the kernel drops it.
     let answer = row(bridge, port, dind2, client_port);
+    //    In the host it is a flow of its own (the proxy's socket sends it), not a reply to the
+    //    client's datagram: a new entry, with itself as ORIGINAL tuple.
+    let leaving = find("host", &answer);
+    assert!(!leaving.is_empty(), "no host hop of {answer}:\n{}", table());
+    for hop in &leaving {
+        let ct = hop
+            .last_ct()
+            .unwrap_or_else(|| panic!("no entry: {:?}", hop.ct_line));
+        assert_eq!(ct.state, "new", "{:?}", hop.ct_line);
+        let orig = ct_tuple(bridge, port, dind2, client_port);
+        assert_eq!(ct.orig.as_ref(), Some(&orig), "{:?}", hop.ct_line);
+        assert!(!ct.has("SEEN_REPLY"), "{:?}", hop.ct_line);
+    }
     let lost = find("dind2", &answer);
     assert!(
         lost.iter()
