@@ -1,7 +1,7 @@
 //! `cargo xtask test` — THE test command (what `.ci/run` runs, what the README says).
 //!
 //! In order: `setup` (as root) → `cargo fmt --check` → `cargo clippy -D warnings` →
-//! the infrastructure crates' own tests → dev-check's honesty table → the rootless
+//! the infrastructure crates' own tests → the story's hop table (root) → dev-check's honesty table → the rootless
 //! proof → the book (`book --check`: captured outputs still true; `mdbook build`) → in CI,
 //! the kernel matrix (`kernels`: Debian's 6.1, 6.12, 7.2 in QEMU) → the root network namespace unchanged. Every step and every
 //! check counts once in the closing `summary:` line; exit 0 only if nothing failed.
@@ -55,6 +55,26 @@ pub fn test(root: &Path, course: &Course, timeout: Duration) -> Result<ExitCode>
     count(
         &mut tally,
         "cargo test --workspace (without exercises and solutions)",
+        ok,
+    );
+
+    // The story's hop table, asserted line by line (issue 10). `--workspace` leaves it out:
+    // it needs `lab`'s `hop-table` feature (the tracer). Root: without it, it reports SKIPPED
+    // and fails, like the tracer's root tests above.
+    let mut cmd = proc::cargo();
+    cmd.current_dir(root).args([
+        "test",
+        "-p",
+        "lab",
+        "--features",
+        "hop-table",
+        "--test",
+        "story_hop_table",
+    ]);
+    let ok = step_ok(&mut cmd);
+    count(
+        &mut tally,
+        "the story's hop table: conntrack at every hop, DOCKER's RETURN (lab --features hop-table)",
         ok,
     );
 
