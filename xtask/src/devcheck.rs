@@ -54,9 +54,10 @@ pub fn dev_check(root: &Path, course: &Course, timeout: Duration) -> Result<Exit
     Ok(crate::exit(tally.failed == 0))
 }
 
-/// The workspace's lints, as (step name, passed): rustfmt and clippy with warnings denied.
-/// Shared by `dev-check` and `test`.
-pub fn lints(root: &Path) -> [(&'static str, bool); 2] {
+/// The workspace's lints, as (step name, passed): rustfmt and clippy with warnings denied,
+/// also on the code behind the lab's `hop-table` feature (the story's hop table, which
+/// `--workspace` builds without). Shared by `dev-check` and `test`.
+pub fn lints(root: &Path) -> [(&'static str, bool); 3] {
     [
         (
             "cargo fmt --all -- --check",
@@ -71,6 +72,20 @@ pub fn lints(root: &Path) -> [(&'static str, bool); 2] {
             step_ok(proc::cargo().current_dir(root).args([
                 "clippy",
                 "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])),
+        ),
+        (
+            "cargo clippy -p lab --features hop-table --all-targets -- -D warnings",
+            step_ok(proc::cargo().current_dir(root).args([
+                "clippy",
+                "-p",
+                "lab",
+                "--features",
+                "hop-table",
                 "--all-targets",
                 "--",
                 "-D",
