@@ -152,8 +152,45 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
             // The machine's kernel release and sysctl values (doctor's lines).
             (
                 "kernel",
-                re(r"\b\d+\.\d+\.\d+-[\w.+-]+|max_user_namespaces=\d+"),
+                re(r"\b\d+\.\d+\.\d+-[\w.+-]+|max_user_namespaces=\d+|\+0x[0-9a-f]+\b"),
                 "KERNEL",
+            ),
+            // The seconds a conntrack entry has left (`udp 17 27 src=…`, `tcp 6 431998
+            // ESTABLISHED`): they count down while the command runs.
+            (
+                "conntrack",
+                re(r"\b(udp|tcp|icmp|unknown)(\s+\d+\s+)\d+\b"),
+                "${1}${2}TIMEOUT",
+            ),
+            // … and the id of an ICMP echo (`ping` picks it).
+            ("conntrack", re(r"\bid=\d+"), "id=ID"),
+            // Packet and byte counters (`[2:80]` in iptables-save, `pkts bytes` columns
+            // of iptables -L -v): IPv6 and IGMP housekeeping adds to them.
+            ("counters", re(r"\[\d+:\d+\]"), "[N:N]"),
+            // Capture times (tshark's seconds since the first frame, dates), and the
+            // MAC addresses the kernel gives new interfaces.
+            (
+                "frames",
+                re(r"\b\d+\.\d{6,9}\b|\w{3} \d+, \d{4} [\d:.]+ UTC|\b\d\d:\d\d:\d\d\.\d+\b|\b([0-9a-f]{2}:){5}[0-9a-f]{2}\b"),
+                "STAMP",
+            ),
+            // Socket inodes and kernel pointers in /proc/net/{udp,tcp}, and `ss`'s
+            // queue columns are left alone; BTF type ids, sizes and bit offsets of this
+            // kernel's build (bpftool's dumps), and enum values.
+            (
+                "btf",
+                re(r"\[\d+\]|\b(type_id|vlen|bits_offset|val|size)=\d+"),
+                "${1}=N",
+            ),
+            // /proc/net/{udp,tcp}: the slot number, ephemeral ports (hex, the kernel's
+            // default range 0x8000–0xEE47; the story's 34320 is 8610 and stays), and the
+            // socket's inode, reference count and kernel address.
+            ("proc-net", re(r"(?m)^\s*\d+:"), "N:"),
+            ("proc-net", re(r":[89A-E][0-9A-F]{3}\b"), ":PORT"),
+            (
+                "proc-net",
+                re(r"\b\d+ \d+ [0-9a-f]{16}\b"),
+                "INODE REF POINTER",
             ),
             // Process ids.
             ("pids", re(r"\bpid[ =:]?\d+"), "pid PID"),
@@ -168,7 +205,28 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
 /// `todo-race`: which of two tasks meets its `todo!()` first when a check starts both
 /// (exercise 10's stub) changes how the runner groups the failures; only each check's
 /// verdict and the summary are compared.
-const ORDER_MASKS: &[&str] = &["conntrack-order", "todo-race"];
+/// `socket-order`: the order of sockets in `ss` and /proc/net/{udp,tcp} (hash buckets),
+/// compared sorted after the other masks.
+const ORDER_MASKS: &[&str] = &["conntrack-order", "todo-race", "socket-order"];
+
+/// Consecutive socket lines (`ESTAB …`, `N: 0100007F:…`) sorted.
+fn sort_socket_runs(text: &str) -> String {
+    let socket = Regex::new(r"^\s*(ESTAB|UNCONN|LISTEN|N:|\d+:) ").expect("valid");
+    let mut out: Vec<&str> = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    for line in text.split('\n') {
+        if socket.is_match(line) {
+            run.push(line);
+            continue;
+        }
+        run.sort_unstable();
+        out.append(&mut run);
+        out.push(line);
+    }
+    run.sort_unstable();
+    out.append(&mut run);
+    out.join("\n")
+}
 
 /// Each check's verdict (`FAIL  name`) and the summary line, nothing else.
 fn verdicts_only(text: &str) -> String {
@@ -206,7 +264,7 @@ fn sort_conntrack_runs(text: &str) -> String {
 
 /// `text` with the named masks applied (the story's port 34320 is kept).
 pub fn mask(text: &str, names: &[String]) -> String {
-    let mut text = text.replace("34320", "STORYPORT");
+    let mut text = text.replace("34320", "STORYPORT").replace(":8610", ":STORYHEX");
     if names.iter().any(|n| n == "conntrack-order") {
         text = sort_conntrack_runs(&text);
     }
@@ -219,7 +277,10 @@ pub fn mask(text: &str, names: &[String]) -> String {
             text = pattern.replace_all(&text, *replacement).into_owned();
         }
     }
-    text.replace("STORYPORT", "34320")
+    if names.iter().any(|n| n == "socket-order") {
+        text = sort_socket_runs(&text);
+    }
+    text.replace("STORYPORT", "34320").replace(":STORYHEX", ":8610")
 }
 
 /// The course's root and `$HOME` taken out of `text`, and the colours, if any.

@@ -17,6 +17,7 @@ mod exec;
 mod repro;
 mod repro_capture;
 mod repro_fix;
+mod run;
 mod style;
 mod up;
 
@@ -86,6 +87,12 @@ enum Command {
         #[arg(long)]
         nat: bool,
     },
+    /// Bring the world up, run a script's steps in its nodes (`host$ ip route`, `ask
+    /// hello`, `capture …`, `stop`), print each with its output, tear it down.
+    Run {
+        /// The script: one step per line (see crates/lab/src/run.rs).
+        script: std::path::PathBuf,
+    },
     /// Print the world as an SVG picture (the book's figure, drawn from the topology).
     Svg,
     /// Time the world coming up and going down.
@@ -129,6 +136,7 @@ fn main() {
             print!("{}", script(nat));
             Ok(0)
         }
+        Command::Run { script } => run::run(&script),
         Command::Svg => {
             print!("{}", story::story_world().to_svg());
             Ok(0)
