@@ -171,7 +171,7 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
             // MAC addresses the kernel gives new interfaces.
             (
                 "frames",
-                re(r"\b\d+\.\d{6,9}\b|\w{3} \d+, \d{4} [\d:.]+ UTC|\b\d\d:\d\d:\d\d\.\d+\b|\b([0-9a-f]{2}:){5}[0-9a-f]{2}\b"),
+                re(r"(-|\b)\d+\.\d{6,9}\b|\w{3} \d+, \d{4} [\d:.]+ UTC|\b\d\d:\d\d:\d\d\.\d+\b|\b([0-9a-f]{2}:){5}[0-9a-f]{2}\b"),
                 "STAMP",
             ),
             // Socket inodes and kernel pointers in /proc/net/{udp,tcp}, and `ss`'s
@@ -264,7 +264,9 @@ fn sort_conntrack_runs(text: &str) -> String {
 
 /// `text` with the named masks applied (the story's port 34320 is kept).
 pub fn mask(text: &str, names: &[String]) -> String {
-    let mut text = text.replace("34320", "STORYPORT").replace(":8610", ":STORYHEX");
+    let mut text = text
+        .replace("34320", "STORYPORT")
+        .replace(":8610", ":STORYHEX");
     if names.iter().any(|n| n == "conntrack-order") {
         text = sort_conntrack_runs(&text);
     }
@@ -277,10 +279,15 @@ pub fn mask(text: &str, names: &[String]) -> String {
             text = pattern.replace_all(&text, *replacement).into_owned();
         }
     }
+    // Sorted again once masked: entries whose timeouts or ports differ sorted apart.
+    if names.iter().any(|n| n == "conntrack-order") {
+        text = sort_conntrack_runs(&text);
+    }
     if names.iter().any(|n| n == "socket-order") {
         text = sort_socket_runs(&text);
     }
-    text.replace("STORYPORT", "34320").replace(":STORYHEX", ":8610")
+    text.replace("STORYPORT", "34320")
+        .replace(":STORYHEX", ":8610")
 }
 
 /// The course's root and `$HOME` taken out of `text`, and the colours, if any.
