@@ -32,6 +32,8 @@ use serde::Deserialize;
 
 use crate::{proc, style};
 
+mod patched;
+
 /// The mdBook the book is built with: exactly this one (0.5 changed the book format and
 /// the preprocessor protocol). `cargo xtask book` installs it when missing.
 pub const MDBOOK_VERSION: &str = "0.4.52";
@@ -89,6 +91,10 @@ pub struct Output {
     /// a capture, so a broken build cannot slip into the book as its "success" output.
     #[serde(default)]
     pub must_pass: bool,
+    /// Run the command on modified code: a copy of the checkout with this patch
+    /// (`book/patches/NAME.patch`) applied, never `exercises/` or `solutions/` in place.
+    #[serde(default)]
+    pub patch: Option<String>,
 }
 
 impl Output {
@@ -488,11 +494,19 @@ fn section(text: &str, number: &str) -> Option<String> {
 /// recorded (the learner's own `.course/progress.json` is put back afterwards).
 /// Returns the output with the machine's paths taken out.
 pub fn capture(root: &Path, output: &Output) -> Result<String> {
+    let mut cmd = Command::new("sh");
+    let dir = match &output.patch {
+        Some(patch) => {
+            let copy = patched::prepare(root, patch)?;
+            patched::configure(&mut cmd, root);
+            copy
+        }
+        None => root.to_path_buf(),
+    };
     let progress = root.join(".course").join("progress.json");
     let saved = std::fs::read(&progress).ok();
     let _ = std::fs::remove_file(&progress);
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(root)
+    cmd.current_dir(&dir)
         .arg("-c")
         .arg(if output.stderr {
             format!("{} 2>&1", output.command)
@@ -517,7 +531,9 @@ pub fn capture(root: &Path, output: &Output) -> Result<String> {
             out.status
         );
     }
-    let text = relativize(&String::from_utf8_lossy(&out.stdout), root);
+    // The copy's paths first (it lives inside the checkout), then the checkout's.
+    let text = relativize(&String::from_utf8_lossy(&out.stdout), &dir);
+    let text = relativize(&text, root);
     if text.trim().is_empty() {
         bail!("`{}` printed nothing (exit {})", output.command, out.status);
     }

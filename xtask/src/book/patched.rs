@@ -1,0 +1,78 @@
+//! Outputs of deliberately modified code: what a check says about a wrong answer.
+//!
+//! A chapter shows, say, the reference answer with a 2048-byte buffer failing its check.
+//! That failure is captured like every other output — by running it — but never by
+//! editing `exercises/` or `solutions/` in place: the checkout is copied (its tracked
+//! files, as they are now) to `target/book-patched/`, the entry's patch
+//! (`book/patches/NAME.patch`, a unified diff against the course's root) is applied to
+//! the copy, and the command runs there. The copy lives in one fixed place, so a second
+//! patched run rebuilds only what its patch touched; it shares the checkout's `target/`
+//! (cargo keeps the copy's packages apart: they live at another path).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Where the patched copy lives.
+pub fn copy_dir(root: &Path) -> PathBuf {
+    root.join("target").join("book-patched")
+}
+
+/// A fresh copy of the checkout's tracked files with `patch` applied; returns its root.
+pub fn prepare(root: &Path, patch: &str) -> Result<PathBuf> {
+    let copy = copy_dir(root);
+    let listed = Command::new("git")
+        .current_dir(root)
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .output()
+        .context("cannot run `git ls-files` (the book's patched outputs need a git checkout)")?;
+    if !listed.status.success() {
+        bail!("`git ls-files` failed: the book's patched outputs need a git checkout");
+    }
+    // Every tracked file, copied over what a previous patch left: the copy is the
+    // checkout again, and files that did not change keep their times (cargo rebuilds less).
+    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let (from, to) = (root.join(&name), copy.join(&name));
+        let Ok(bytes) = std::fs::read(&from) else {
+            continue; // deleted in the working tree
+        };
+        if std::fs::read(&to).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&to, &bytes).with_context(|| format!("cannot write {}", to.display()))?;
+        let mode = std::fs::metadata(&from)?.permissions();
+        std::fs::set_permissions(&to, mode)?;
+    }
+    // The course's tools (docker-proxy, mdbook) and the learner's progress: the same.
+    let course = copy.join(".course");
+    if std::fs::symlink_metadata(&course).is_err() && root.join(".course").exists() {
+        std::os::unix::fs::symlink(root.join(".course"), &course)?;
+    }
+    let file = root.join(patch);
+    let diff = std::fs::File::open(&file)
+        .with_context(|| format!("cannot open the patch {}", file.display()))?;
+    let out = Command::new("patch")
+        .current_dir(&copy)
+        .args(["-p1", "--forward", "--no-backup-if-mismatch", "-s"])
+        .stdin(diff)
+        .output()
+        .context("cannot run `patch` (Debian: apt-get install patch)")?;
+    if !out.status.success() {
+        bail!(
+            "{patch} no longer applies to the checkout (the code moved): update it \
+             (`diff -u`) — patch said: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(copy)
+}
+
+/// `Command`'s environment for a run in the copy: the checkout's `target/`.
+pub fn configure(command: &mut Command, root: &Path) {
+    command.env("CARGO_TARGET_DIR", root.join("target"));
+}
