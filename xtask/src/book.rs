@@ -33,6 +33,7 @@ use serde::Deserialize;
 use crate::{proc, style};
 
 mod patched;
+pub mod rule;
 
 /// The mdBook the book is built with: exactly this one (0.5 changed the book format and
 /// the preprocessor protocol). `cargo xtask book` installs it when missing.
@@ -200,6 +201,8 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
             ),
             // Process ids.
             ("pids", re(r"\bpid[ =:]?\d+"), "pid PID"),
+            // … and the thread ids of Rust's panic messages (`thread 'name' (30259) panicked`).
+            ("pids", re(r"' \(\d+\) panicked"), "' (TID) panicked"),
             // Column padding that follows a masked value of another width.
             ("spaces", re(r"[ \t]+"), " "),
         ]
@@ -612,9 +615,20 @@ pub fn refresh(root: &Path, only: &[String]) -> Result<bool> {
     Ok(ok)
 }
 
-/// `--check`: run every command again; its masked output must equal the masked file.
+/// `--check`: no chapter pastes an output ([`rule`]); then run every command again: its
+/// masked output must equal the masked file.
 pub fn check(root: &Path, only: &[String]) -> Result<bool> {
     ensure_pristine_exercises(root)?;
+    let pasted = rule::violations(&book_src(root))?;
+    for problem in &pasted {
+        println!("  {}  {problem}", style::red("FAIL"));
+    }
+    if pasted.is_empty() {
+        println!(
+            "  {}    every output block of the book is included from outputs/",
+            style::green("OK")
+        );
+    }
     let dir = book_src(root);
     let mut ok = true;
     let mut runs = Runs::default();
@@ -670,7 +684,7 @@ pub fn check(root: &Path, only: &[String]) -> Result<bool> {
         "book: every output checked in {:.1}s",
         all.elapsed().as_secs_f64()
     );
-    Ok(ok)
+    Ok(ok && pasted.is_empty())
 }
 
 /// The first lines that differ, as `- book` / `+ now`.
@@ -730,6 +744,17 @@ mod tests {
         assert_eq!(
             relativize(text, root),
             "at exercises/01-udp-echo/src/lib.rs:45 in ."
+        );
+    }
+
+    #[test]
+    fn no_chapter_pastes_an_output() {
+        let (root, _) = course::Course::discover().unwrap();
+        let problems = rule::violations(&root.join("book").join("src")).unwrap();
+        assert!(
+            problems.is_empty(),
+            "outputs pasted into the book (capture them: book/outputs.toml):\n{}",
+            problems.join("\n")
         );
     }
 

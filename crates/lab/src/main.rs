@@ -92,6 +92,9 @@ enum Command {
     Run {
         /// The script: one step per line (see crates/lab/src/run.rs).
         script: std::path::PathBuf,
+        /// The world: the story's, or after the fix (exercise 8).
+        #[arg(long, value_enum, default_value = "story")]
+        world: run::World,
     },
     /// Print the world as an SVG picture (the book's figure, drawn from the topology).
     Svg,
@@ -136,7 +139,7 @@ fn main() {
             print!("{}", script(nat));
             Ok(0)
         }
-        Command::Run { script } => run::run(&script),
+        Command::Run { script, world } => run::run(&script, world),
         Command::Svg => {
             print!("{}", story::story_world().to_svg());
             Ok(0)

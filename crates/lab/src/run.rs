@@ -24,7 +24,8 @@
 //! ```
 //!
 //! The world is `lab up`'s: besides the UDP story, a TCP echo server in `server` and
-//! the course's TCP relay in `host` (homework 2).
+//! the course's TCP relay in `host` (homework 2). `--world fixed-proxy` and
+//! `--world hairpin` run the same session after the fix (exercise 8) instead.
 //!
 //! A command's exit code does not stop the session (a failing `ip route get` is worth
 //! showing too); `lab run` itself fails only when a step cannot run at all.
@@ -146,8 +147,58 @@ fn start_background(mut command: std::process::Command, what: &str) -> Result<Ru
     })
 }
 
+/// Which world a session runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum World {
+    /// The story: Docker 20.10's NAT and the buggy userland proxy (and `lab up`'s TCP
+    /// echo server and relay).
+    Story,
+    /// The same NAT with exercise 8's fixed proxy (`IP_PKTINFO`).
+    FixedProxy,
+    /// Exercise 8's hairpin NAT rules, no proxy at all (`userland-proxy: false`).
+    Hairpin,
+}
+
+/// The running world of a session.
+fn build(world: World) -> Result<Story> {
+    Ok(match world {
+        World::Story => {
+            let mut story = Story::reference(true).context("building the world")?;
+            // Homework 2's TCP half, as in `lab up`.
+            let _tcp_accepted = story.start_reference_tcp_relay(true)?;
+            story.world.spawn_service("server", "tcp-echo-server", || {
+                let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(tokio::net::TcpListener::from_std);
+                async move { crate::up::run_tcp_echo(listener?).await }
+            })?;
+            story
+        }
+        World::FixedProxy => {
+            let mut story = Story::up(&story::reference_nat_rules(), true)?;
+            story.start_proxy(solution_fix::run_fixed_udp_proxy)?;
+            story
+        }
+        World::Hairpin => {
+            let rules = story::NatRules::from_fn(|network| {
+                let published: Vec<solution_fix::Publish> = network
+                    .published
+                    .iter()
+                    .map(|&(protocol, host_port, container)| solution_fix::Publish {
+                        protocol,
+                        host_port,
+                        container,
+                    })
+                    .collect();
+                solution_fix::hairpin_nat_rules(network.bridge, network.subnet, &published)
+            });
+            Story::up(&rules, true)?
+        }
+    })
+}
+
 /// `lab run SCRIPT`: returns 0, or 128 + N when signal N interrupted the session.
-pub fn run(script: &Path) -> Result<i32> {
+pub fn run(script: &Path, world: World) -> Result<i32> {
     // Ctrl-C and SIGTERM: blocked before any thread exists (every thread inherits the
     // block), and received by a thread of ours that only raises a flag; the session stops
     // between two steps and the world is torn down by `drop`, as on every other path.
@@ -170,15 +221,7 @@ pub fn run(script: &Path) -> Result<i32> {
         .with_context(|| format!("cannot read the script {}", script.display()))?;
     let steps = parse(&text).with_context(|| format!("in {}", script.display()))?;
 
-    let mut story = Story::reference(true).context("building the world")?;
-    // Homework 2's TCP half, as in `lab up`.
-    let _tcp_accepted = story.start_reference_tcp_relay(true)?;
-    story.world.spawn_service("server", "tcp-echo-server", || {
-        let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std);
-        async move { crate::up::run_tcp_echo(listener?).await }
-    })?;
+    let story = build(world)?;
     let mut captures: Vec<Running> = Vec::new();
     let result = (|| -> Result<()> {
         for step in &steps {

@@ -5,9 +5,10 @@
 //! editing `exercises/` or `solutions/` in place: the checkout is copied (its tracked
 //! files, as they are now) to `target/book-patched/`, the entry's patch
 //! (`book/patches/NAME.patch`, a unified diff against the course's root) is applied to
-//! the copy, and the command runs there. The copy lives in one fixed place, so a second
-//! patched run rebuilds only what its patch touched; it shares the checkout's `target/`
-//! (cargo keeps the copy's packages apart: they live at another path).
+//! the copy, and the command runs there. The copy lives in one fixed place, with a
+//! `target/` of its own (`target/book-patched-target/`: sharing the checkout's would let
+//! the copy's binaries, `target/debug/xtask` and the like, replace the checkout's), so a
+//! second patched run rebuilds only what its patch touched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +25,13 @@ pub fn prepare(root: &Path, patch: &str) -> Result<PathBuf> {
     let copy = copy_dir(root);
     let listed = Command::new("git")
         .current_dir(root)
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .output()
         .context("cannot run `git ls-files` (the book's patched outputs need a git checkout)")?;
     if !listed.status.success() {
@@ -72,7 +79,10 @@ pub fn prepare(root: &Path, patch: &str) -> Result<PathBuf> {
     Ok(copy)
 }
 
-/// `Command`'s environment for a run in the copy: the checkout's `target/`.
+/// `Command`'s environment for a run in the copy: its own target directory.
 pub fn configure(command: &mut Command, root: &Path) {
-    command.env("CARGO_TARGET_DIR", root.join("target"));
+    command.env(
+        "CARGO_TARGET_DIR",
+        root.join("target").join("book-patched-target"),
+    );
 }
