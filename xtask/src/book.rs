@@ -211,12 +211,9 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
 
 /// Masks that are not patterns: `conntrack-order`, the order in which the kernel lists
 /// conntrack entries (its hash table's), which changes from run to run.
-/// `todo-race`: which of two tasks meets its `todo!()` first when a check starts both
-/// (exercise 10's stub) changes how the runner groups the failures; only each check's
-/// verdict and the summary are compared.
 /// `socket-order`: the order of sockets in `ss` and /proc/net/{udp,tcp} (hash buckets),
 /// compared sorted after the other masks.
-const ORDER_MASKS: &[&str] = &["conntrack-order", "todo-race", "socket-order"];
+const ORDER_MASKS: &[&str] = &["conntrack-order", "socket-order"];
 
 /// Consecutive socket lines (`ESTAB …`, `N: 0100007F:…`) sorted.
 fn sort_socket_runs(text: &str) -> String {
@@ -235,21 +232,6 @@ fn sort_socket_runs(text: &str) -> String {
     run.sort_unstable();
     out.append(&mut run);
     out.join("\n")
-}
-
-/// Each check's verdict (`FAIL  name`) and the summary line, nothing else.
-fn verdicts_only(text: &str) -> String {
-    text.lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                [verdict @ ("OK" | "FAIL" | "SKIP"), name, ..] => Some(format!("{verdict} {name}")),
-                ["summary:", ..] => Some(line.trim().to_string()),
-                _ => None,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Consecutive conntrack lines (`src=… dst=…`) sorted, so their order does not count.
@@ -278,9 +260,6 @@ pub fn mask(text: &str, names: &[String]) -> String {
         .replace(":8610", ":STORYHEX");
     if names.iter().any(|n| n == "conntrack-order") {
         text = sort_conntrack_runs(&text);
-    }
-    if names.iter().any(|n| n == "todo-race") {
-        text = verdicts_only(&text);
     }
     // "spaces" last: it evens out the columns the others changed.
     for (name, pattern, replacement) in masks() {
@@ -716,12 +695,6 @@ mod tests {
         assert_eq!(
             mask("x\nsrc=1 dst=2\nsrc=3 dst=4\ny", &order),
             mask("x\nsrc=3 dst=4\nsrc=1 dst=2\ny", &order)
-        );
-        // Only verdicts, when two todo!()s race.
-        let race = vec!["todo-race".to_string()];
-        assert_eq!(
-            mask("── x ──\n  FAIL  a\n        not implemented yet: f\n  FAIL  b  (the same error as a)\nsummary: 0 passed, 2 failed", &race),
-            mask("── x ──\n  FAIL  a\n        not implemented yet: g\n  FAIL  b\n        not implemented yet: f\nsummary: 0 passed, 2 failed", &race)
         );
         // A different address is a real difference.
         let c = a.replace("172.18.0.1", "192.168.0.239");
