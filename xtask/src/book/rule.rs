@@ -114,6 +114,6 @@ mod tests {
         let problems = check_chapter(chapter);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("3: ") && problems[0].contains("172.18.0.3"));
-        assert!(problems[1].starts_with("13: ") && problems[1].contains("OK    a_check"));
+        assert!(problems[1].starts_with("12: ") && problems[1].contains("OK    a_check"));
     }
 }
