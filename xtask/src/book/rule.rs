@@ -88,9 +88,9 @@ fn check_block(info: &str, body: &[&str]) -> Option<String> {
         return None;
     }
     let pasted = body.iter().find(|line| {
-        !line.is_empty()
-            && !(line.starts_with("{{#include outputs/")
-                || line.starts_with("{{#include generated/"))
+        let included =
+            line.starts_with("{{#include outputs/") || line.starts_with("{{#include generated/");
+        !(line.is_empty() || included)
     });
     pasted.map(|line| {
         format!(
