@@ -443,11 +443,17 @@ struct Runs(std::collections::HashMap<String, String>);
 impl Runs {
     /// The entry's text: its command's output (run once), cut to its section.
     fn text(&mut self, root: &Path, output: &Output) -> Result<String> {
-        let whole = match self.0.get(&output.command) {
+        // The same command on patched code is another run.
+        let key = format!(
+            "{}\0{}",
+            output.command,
+            output.patch.as_deref().unwrap_or("")
+        );
+        let whole = match self.0.get(&key) {
             Some(text) => text.clone(),
             None => {
                 let text = capture(root, output)?;
-                self.0.insert(output.command.clone(), text.clone());
+                self.0.insert(key, text.clone());
                 text
             }
         };
