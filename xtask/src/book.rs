@@ -181,6 +181,9 @@ fn masks() -> &'static [(&'static str, Regex, &'static str)] {
                 re(r"(-|\b)\d+\.\d{6,9}\b|\w{3} \d+, \d{4} [\d:.]+ UTC|\b\d\d:\d\d:\d\d\.\d+\b|\b([0-9a-f]{2}:){5}[0-9a-f]{2}\b"),
                 "STAMP",
             ),
+            // … and how many frames a whole capture holds: the new interfaces' IPv6 and
+            // IGMP housekeeping comes when it comes.
+            ("frames", re(r"\b\d+ frames written"), "N frames written"),
             // Socket inodes and kernel pointers in /proc/net/{udp,tcp}, and `ss`'s
             // queue columns are left alone; BTF type ids, sizes and bit offsets of this
             // kernel's build (bpftool's dumps), and enum values.
