@@ -37,11 +37,18 @@ pub fn prepare(root: &Path, patch: &str) -> Result<PathBuf> {
     if !listed.status.success() {
         bail!("`git ls-files` failed: the book's patched outputs need a git checkout");
     }
-    // Every tracked file, copied over what a previous patch left: the copy is the
+    let names: std::collections::BTreeSet<String> = listed
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    // What a previous patch added (or the checkout since deleted) goes first…
+    remove_unlisted(&copy, &copy, &names)?;
+    // … then every file, copied over what a previous patch changed: the copy is the
     // checkout again, and files that did not change keep their times (cargo rebuilds less).
-    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        let (from, to) = (root.join(&name), copy.join(&name));
+    for name in &names {
+        let (from, to) = (root.join(name), copy.join(name));
         let Ok(bytes) = std::fs::read(&from) else {
             continue; // deleted in the working tree
         };
@@ -77,6 +84,32 @@ pub fn prepare(root: &Path, patch: &str) -> Result<PathBuf> {
         );
     }
     Ok(copy)
+}
+
+/// Remove the files under `dir` (in the copy `top`) that `names` does not list; the link
+/// to the checkout's `.course/` stays.
+fn remove_unlisted(
+    top: &Path,
+    dir: &Path,
+    names: &std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // no copy yet
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let relative = path.strip_prefix(top)?.to_string_lossy().into_owned();
+        if relative == ".course" {
+            continue;
+        }
+        if path.is_dir() && !path.is_symlink() {
+            remove_unlisted(top, &path, names)?;
+        } else if !names.contains(&relative) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `Command`'s environment for a run in the copy: its own target directory.
