@@ -54,6 +54,13 @@ fn tcp_story() -> TcpStory {
     story
         .start_tcp_echo_server(run_tcp_echo_server)
         .unwrap_or_else(|e| panic!("your TCP echo server should start in server: {e:#}"));
+    // Your services run on threads of their own: a `todo!()` in one of them panics there,
+    // whenever that thread gets to it, while the check goes on to your client. So that a
+    // check fails on the first unfinished piece of the path — the echo server, then the
+    // relay, then the client — and not on whichever thread happened to panic first, each
+    // service must answer one round trip before the next one starts.
+    round_trip(&story, "dind1", at("172.17.0.2", story::PORT))
+        .unwrap_or_else(|e| panic!("your TCP echo server, in server, should echo a connection from dind1 to 172.17.0.2:4000: {e}"));
     let (report, accepted) = mpsc::channel();
     story
         .start_tcp_relay(move |listener, backend| {
@@ -67,7 +74,37 @@ fn tcp_story() -> TcpStory {
             })
         })
         .unwrap_or_else(|e| panic!("your TCP relay should start in host: {e:#}"));
+    round_trip(&story, "host", at("127.0.0.1", story::PORT)).unwrap_or_else(|e| {
+        panic!("your TCP relay, in host, should relay a connection to 127.0.0.1:4000 to the echo server: {e}")
+    });
+    // That connection is not one of the checks': forget what on_accept reported of it.
+    while accepted.try_recv().is_ok() {}
     TcpStory { story, accepted }
+}
+
+/// Connect from `node` to `to`, send a few bytes and read their echo (5 s at most). The
+/// connection stays open while it waits: ending it early is what a check tests, later.
+fn round_trip(story: &Story, node: &str, to: SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = story.world.node(node).map_err(|e| format!("{e:#}"))?;
+    node.block_on(|| async move {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(to).await?;
+            stream.write_all(b"ready?").await?;
+            let mut echo = vec![0u8; 6];
+            stream.read_exact(&mut echo).await?;
+            Ok::<Vec<u8>, std::io::Error>(echo)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+            Ok(Ok(echo)) if echo == b"ready?" => Ok(()),
+            Ok(Ok(echo)) => Err(format!(
+                "sent \"ready?\", got {:?} back",
+                String::from_utf8_lossy(&echo)
+            )),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no echo within 5 s".to_string()),
+        }
+    })
 }
 
 impl TcpStory {

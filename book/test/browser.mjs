@@ -7,7 +7,8 @@
 // WebSocket and http modules. Every page must load without a console error or a failed
 // request; every internal link and #anchor must resolve; every figure must be an SVG that
 // renders; no terminal-output block may overflow its column at 1280 px; and the search box
-// must find "conntrack". Screenshots of the world's figure and of the hop table are written
+// must find "conntrack"; the article's Chinese title must be drawn with a CJK font, not
+// as empty boxes. Screenshots of the world's figure and of the hop table are written
 // to SCREENSHOT_DIR for people to look at.
 
 import { spawn } from "node:child_process";
@@ -169,6 +170,37 @@ for (const [from, target, fragment] of links) {
   if (fragment && file.endsWith(".html")) {
     if (!anchors.has(file)) { await open(file); anchors.set(file, new Set(await evaluate(`[...document.querySelectorAll("[id]")].map((e) => e.id)`))); }
     if (!anchors.get(file).has(decodeURIComponent(fragment))) fail(from, `link to ${target}#${fragment}: no such anchor`);
+  }
+}
+
+// ---------------------------------------------------------------- the article's CJK title
+// The article's title is Chinese. Without a CJK font the browser draws each character as an
+// empty box ("tofu") and no error is logged anywhere, so ask Chromium which font it really
+// used: a probe with the title's characters, placed beside the title (same CSS), must be
+// drawn by a font that has CJK glyphs (Debian: fonts-noto-cjk).
+await open("index.html");
+await page("DOM.enable");
+await page("CSS.enable");
+const probed = await evaluate(`(() => {
+  const title = [...document.querySelectorAll("main *")].find((e) => e.children.length === 0 && e.textContent.includes("我的包去哪了"));
+  if (!title) return false;
+  const probe = document.createElement("span");
+  probe.id = "cjk-probe";
+  probe.textContent = "日志我的包去哪了";
+  title.appendChild(probe);
+  return true;
+})()`);
+if (!probed) fail("index.html", "the article's title (我的包去哪了) is not on the first page");
+else {
+  const { root } = await page("DOM.getDocument", { depth: -1 });
+  const { nodeId } = await page("DOM.querySelector", { nodeId: root.nodeId, selector: "#cjk-probe" });
+  const { fonts } = await page("CSS.getPlatformFontsForNode", { nodeId });
+  const cjk = fonts.filter((f) => f.glyphCount > 0 && /CJK|Han |WenQuanYi|Droid Sans Fallback|Source Han|\b(SC|TC|JP|KR)\b/i.test(f.familyName));
+  const drawn = fonts.map((f) => `${f.familyName} (${f.glyphCount} glyphs)`).join(", ") || "no font";
+  if (cjk.reduce((n, f) => n + f.glyphCount, 0) < 8) {
+    fail("index.html", `the article's CJK title is not drawn with a CJK font (tofu): drawn with ${drawn}; install one (Debian: apt-get install fonts-noto-cjk)`);
+  } else {
+    console.log(`browser: the CJK title is drawn with ${drawn}`);
   }
 }
 

@@ -40,8 +40,17 @@ const TRACER_PACKAGES: &[&str] = &[
     "libzstd-dev",
 ];
 /// What the book's browser test needs (`cargo xtask book --browser`, run by `cargo xtask
-/// test`): a headless Chromium, a CJK font for the article's title, and Node to drive it.
-const BOOK_PACKAGES: &[&str] = &["chromium", "fonts-noto-cjk", "nodejs"];
+/// test`): a headless Chromium, a CJK font for the article's title, and Node to drive it;
+/// and what its captures run (`cargo xtask book --check`): `patch` for the outputs of
+/// deliberately modified code, python3 and busybox's `ping` inside `lab run` sessions.
+const BOOK_PACKAGES: &[&str] = &[
+    "chromium",
+    "fonts-noto-cjk",
+    "nodejs",
+    "patch",
+    "python3",
+    "busybox-static",
+];
 /// What `repro` and the first exercises cannot do without.
 const BASIC_PACKAGES: &[&str] = &["iproute2", "iptables"];
 

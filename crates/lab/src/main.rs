@@ -19,6 +19,7 @@ mod repro_capture;
 mod repro_fix;
 #[cfg_attr(not(feature = "hop-table"), allow(dead_code))]
 mod repro_verdicts;
+mod run;
 mod style;
 mod up;
 
@@ -88,6 +89,15 @@ enum Command {
         #[arg(long)]
         nat: bool,
     },
+    /// Bring the world up, run a script's steps in its nodes (`host$ ip route`, `ask
+    /// hello`, `capture …`, `stop`), print each with its output, tear it down.
+    Run {
+        /// The script: one step per line (see crates/lab/src/run.rs).
+        script: std::path::PathBuf,
+        /// The world: the story's, or after the fix (exercise 8).
+        #[arg(long, value_enum, default_value = "story")]
+        world: run::World,
+    },
     /// Print the world as an SVG picture (the book's figure, drawn from the topology).
     Svg,
     /// Time the world coming up and going down.
@@ -131,6 +141,7 @@ fn main() {
             print!("{}", script(nat));
             Ok(0)
         }
+        Command::Run { script, world } => run::run(&script, world),
         Command::Svg => {
             print!("{}", story::story_world().to_svg());
             Ok(0)

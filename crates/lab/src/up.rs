@@ -76,7 +76,7 @@ pub fn run() -> Result<i32> {
 }
 
 /// A TCP echo server (homework 2 compares TCP with UDP).
-async fn run_tcp_echo(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub(crate) async fn run_tcp_echo(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     loop {
         let (mut stream, peer): (tokio::net::TcpStream, SocketAddr) = listener.accept().await?;
         println!("  [server] TCP connection from {peer}");
