@@ -1300,7 +1300,9 @@ impl Tcpdump {
                 .spawn()
                 .expect("cannot run tcpdump: apt-get install tcpdump")
         }));
-        let mut err = capture.0.stderr.take().unwrap();
+        // Read in place: the pipe stays open until tcpdump is stopped. It writes its statistics
+        // there on exit; a closed pipe would kill it (SIGPIPE) before it wrote the capture.
+        let err = capture.0.stderr.as_mut().unwrap();
         let mut seen = Vec::new();
         let mut byte = [0u8; 1];
         while !String::from_utf8_lossy(&seen).contains("listening on") {
