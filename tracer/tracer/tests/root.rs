@@ -92,19 +92,29 @@ fn root_ns_state() -> String {
         &["-6", "route"][..],
         &["netns"][..],
     ] {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        s.push_str(&String::from_utf8_lossy(&out.stdout));
+        s.push_str(&stdout_of("ip", args, "apt-get install iproute2"));
     }
     s
 }
 
+/// What `program ARGS` prints on stdout, run in this thread's network namespace; panics with
+/// its stderr if it fails (`install` says how to get the program if it is missing).
+fn stdout_of(program: &str, args: &[&str], install: &str) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {install}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// IDs of loaded BPF programs (from `bpftool prog show`).
 fn bpf_prog_ids() -> Vec<u32> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool (apt-get install bpftool)");
-    String::from_utf8_lossy(&out.stdout)
+    stdout_of("bpftool", &["prog", "show"], "apt-get install bpftool")
         .lines()
         .filter_map(|l| l.split(':').next()?.trim().parse().ok())
         .collect()
@@ -678,11 +688,7 @@ fn assert_ct(e: &Value, state: &str, orig: &str, reply: &str, dump: &str) {
 
 /// The tables of the namespace this thread is in (`nft list tables`), one `family name` each.
 fn nft_tables_here() -> Vec<String> {
-    let out = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .expect("nft (apt-get install nftables)");
-    String::from_utf8_lossy(&out.stdout)
+    stdout_of("nft", &["list", "tables"], "apt-get install nftables")
         .lines()
         .filter_map(|l| l.strip_prefix("table "))
         .map(str::to_string)
@@ -738,18 +744,13 @@ fn verdict_line(v: &Value) -> String {
 
 /// Runs `tshark -r FILE ARGS` and returns its stdout (panics with its stderr if it fails).
 fn tshark(file: &Path, args: &[&str]) -> String {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(file)
-        .args(args)
-        .output()
-        .expect("cannot run tshark: apt-get install tshark (cargo xtask setup does)");
-    assert!(
-        out.status.success(),
-        "tshark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let file = file.to_str().expect("a capture path in UTF-8");
+    let args: Vec<&str> = ["-r", file].iter().chain(args).copied().collect();
+    stdout_of(
+        "tshark",
+        &args,
+        "apt-get install tshark (cargo xtask setup does)",
+    )
 }
 
 /// tshark reads FILE with no malformed packet and no expert error (`context` helps the message).
