@@ -54,27 +54,33 @@ fn as_root(body: impl FnOnce()) {
     hygienic(body);
 }
 
-/// Runs `body` and checks that the root namespace and the set of BPF programs are unchanged
-/// afterwards (so the tracer left nothing behind).
+/// Runs `body` and checks that the root namespace and the sets of BPF programs, links and maps
+/// are unchanged afterwards (so the tracer left nothing behind, however it ended).
 fn hygienic(body: impl FnOnce()) {
     let before_ns = root_ns_state();
-    let before_progs = bpf_prog_ids();
+    let before: Vec<(&str, Vec<u32>)> = BPF_OBJECTS
+        .iter()
+        .map(|&object| (object, bpf_ids(object)))
+        .collect();
     body();
-    // Program fds close when the tracer process exits; give the kernel a moment to free them.
+    // File descriptors close when the tracer process exits; give the kernel a moment to free
+    // what they held.
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let leftover: Vec<u32> = bpf_prog_ids()
-            .into_iter()
-            .filter(|id| !before_progs.contains(id))
-            .collect();
-        if leftover.is_empty() {
-            break;
+    for (object, before) in &before {
+        loop {
+            let leftover: Vec<u32> = bpf_ids(object)
+                .into_iter()
+                .filter(|id| !before.contains(id))
+                .collect();
+            if leftover.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BPF {object}s left behind: {leftover:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            Instant::now() < deadline,
-            "BPF programs left behind: {leftover:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
         root_ns_state(),
@@ -112,9 +118,12 @@ fn stdout_of(program: &str, args: &[&str], install: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// IDs of loaded BPF programs (from `bpftool prog show`).
-fn bpf_prog_ids() -> Vec<u32> {
-    stdout_of("bpftool", &["prog", "show"], "apt-get install bpftool")
+/// What the tracer loads into the kernel: programs, the links that attach them, and maps.
+const BPF_OBJECTS: [&str; 3] = ["prog", "link", "map"];
+
+/// IDs of the kernel's BPF objects of one kind (`bpftool prog|link|map show`).
+fn bpf_ids(object: &str) -> Vec<u32> {
+    stdout_of("bpftool", &[object, "show"], "apt-get install bpftool")
         .lines()
         .filter_map(|l| l.split(':').next()?.trim().parse().ok())
         .collect()
