@@ -47,13 +47,22 @@ pub fn decode(body: &[u8]) -> Option<Verdict> {
             .and_then(nested_verdict)
             .unwrap_or_else(|| "continue".into()),
     };
+    let rule_handle = be64(find(&attrs, NFTA_TRACE_RULE_HANDLE));
+    // A rule whose verdict is `return` (Docker's `-i br-dind -j RETURN`) is reported as a
+    // RETURN event naming the rule on older kernels (6.1), as a RULE event on newer ones: both
+    // are that rule's verdict. A RETURN event without a rule is a chain that ran out of rules.
+    let kind = if kind == "return" && verdict == "return" && rule_handle.is_some() {
+        "rule"
+    } else {
+        kind
+    };
     let mut v = Verdict {
         trace_id: be32(find(&attrs, NFTA_TRACE_ID)).unwrap_or(0),
         family: family_name(family).into(),
         table: string(find(&attrs, NFTA_TRACE_TABLE)).unwrap_or_default(),
         chain: string(find(&attrs, NFTA_TRACE_CHAIN)).unwrap_or_default(),
         kind: kind.into(),
-        rule_handle: be64(find(&attrs, NFTA_TRACE_RULE_HANDLE)),
+        rule_handle,
         verdict,
         iif: be32(find(&attrs, NFTA_TRACE_IIF)),
         oif: be32(find(&attrs, NFTA_TRACE_OIF)),
@@ -108,6 +117,44 @@ fn read_headers(v: &mut Verdict, network: &[u8], transport: &[u8]) {
 mod tests {
     use super::*;
     use crate::nftrace::netlink::Message;
+
+    /// A trace event of the nat table's DOCKER chain: `type` (RULE 3, RETURN 2), the verdict
+    /// code (`return` -5, `continue` -1) and the rule's handle if the kernel names one.
+    fn docker_event(kind: u32, code: i32, handle: Option<u64>) -> Vec<u8> {
+        let mut m = Message::new(0, 0, 0, 2, 0);
+        m.string(NFTA_TRACE_TABLE, "nat")
+            .string(NFTA_TRACE_CHAIN, "DOCKER");
+        if let Some(handle) = handle {
+            m.attr(NFTA_TRACE_RULE_HANDLE, &handle.to_be_bytes());
+        }
+        m.be32(NFTA_TRACE_TYPE, kind);
+        let n = m.nest(NFTA_TRACE_VERDICT);
+        m.be32(1, code as u32);
+        m.end_nest(n);
+        m.finish()
+    }
+
+    /// Linux 6.1 reports a rule's `return` as a RETURN event naming the rule; newer kernels as
+    /// a RULE event. Both read as the rule's verdict; a RETURN event without a rule is the end
+    /// of the chain.
+    #[test]
+    fn a_rules_return_reads_the_same_on_old_and_new_kernels() {
+        for kind in [2, 3] {
+            let v = decode(&docker_event(kind, -5, Some(4))[16..]).unwrap();
+            assert_eq!(
+                (v.kind.as_str(), v.verdict.as_str()),
+                ("rule", "return"),
+                "type {kind}"
+            );
+            assert_eq!(
+                v.line(),
+                "ip nat DOCKER: rule handle 4 → return",
+                "type {kind}"
+            );
+        }
+        let end = decode(&docker_event(2, -1, None)[16..]).unwrap();
+        assert_eq!(end.line(), "ip nat DOCKER: end of chain, continue");
+    }
 
     /// The trace event of the story: the host's DOCKER chain returning for `-i br-dind`.
     #[test]
