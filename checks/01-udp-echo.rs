@@ -175,7 +175,7 @@ fn echo_lab() -> EchoLab {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(20))]
+#[timeout(netlab::time_limit(20))]
 fn echoes_a_datagram_and_logs_its_source(echo_lab: EchoLab) {
     let outcome = echo_lab.ask(
         STORY_CLIENT,
@@ -213,7 +213,7 @@ fn echoes_a_datagram_and_logs_its_source(echo_lab: EchoLab) {
 #[case::one_byte(1)]
 #[case::one_ethernet_frame(1472)]
 #[case::the_largest_ipv4_datagram(65_507)]
-#[timeout(Duration::from_secs(20))]
+#[timeout(netlab::time_limit(20))]
 fn a_payload_of_any_size_comes_back_intact(echo_lab: EchoLab, #[case] size: usize) {
     let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let outcome = echo_lab.ask("127.0.0.1:0", SERVER, &payload, Duration::from_secs(5));
@@ -237,7 +237,7 @@ fn a_payload_of_any_size_comes_back_intact(echo_lab: EchoLab, #[case] size: usiz
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn many_clients_each_get_their_own_answer(echo_lab: EchoLab) {
     const CLIENTS: u16 = 16;
     let outcomes = echo_lab.world().node("box").unwrap().block_on(|| async {
@@ -279,7 +279,7 @@ fn many_clients_each_get_their_own_answer(echo_lab: EchoLab) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(20))]
+#[timeout(netlab::time_limit(20))]
 fn no_reply_is_an_outcome_reported_after_the_timeout(echo_lab: EchoLab) {
     // A server that receives but never answers: a socket nobody reads.
     let silent = echo_lab

@@ -44,7 +44,7 @@ fn addresses_of(world: &World, node: &str) -> Vec<String> {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn every_node_is_a_namespace_of_its_own(world: World) {
     let sandbox = netlab::require_sandbox();
     let mut names: Vec<&str> = world.nodes().iter().map(|n| n.name.as_str()).collect();
@@ -80,7 +80,7 @@ fn every_node_is_a_namespace_of_its_own(world: World) {
 #[case::server("server", &["172.17.0.2/16"])]
 #[case::client("client", &["172.17.0.2/16"])]
 #[case::peer("peer", &["192.168.0.10/24"])]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn every_node_has_the_story_addresses(world: World, #[case] node: &str, #[case] expected: &[&str]) {
     let mut found = addresses_of(&world, node);
     found.retain(|a| a != "127.0.0.1/8");
@@ -129,7 +129,7 @@ fn probe(world: &World, from: &str, to: &str, to_address: &str) -> Option<String
 #[case::host_to_the_peer("host", "peer", "192.168.0.10", "192.168.0.239")]
 #[case::client_through_dind2_to_the_host("client", "host", "192.168.0.239", "172.17.0.2")]
 #[case::server_through_dind1_to_the_host("server", "host", "172.18.0.1", "172.17.0.2")]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_story_paths_carry_datagrams(
     world: World,
     #[case] from: &str,
@@ -148,7 +148,7 @@ fn the_story_paths_carry_datagrams(
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_world_leaves_the_namespace_it_was_built_from_untouched(world: World) {
     // Built from inside the sandbox, the world must not have put a single interface in
     // the namespace this process runs in: every interface lives in a node.

@@ -176,7 +176,7 @@ fn at(ip: &str, port: u16) -> SocketAddr {
 #[rstest]
 #[case::with_your_proxy(Proxy::Yours)]
 #[case::with_docker_s_own_proxy(Proxy::DockerProxy2010)]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy: Proxy) {
     let story = story_with(proxy);
     let outcome = story
@@ -233,7 +233,7 @@ fn the_story_reproduced_the_server_answers_the_client_never_hears(#[case] proxy:
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn talking_to_dind1_directly_works_so_the_proxy_path_is_to_blame() {
     let story = story_with(Proxy::Yours);
     let outcome = story
@@ -273,7 +273,7 @@ fn talking_to_dind1_directly_works_so_the_proxy_path_is_to_blame() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn your_proxy_keeps_one_upstream_socket_per_client() {
     let story = story_with(Proxy::Yours);
     // dind2 sits on the bridge, so its datagrams to the host's port 4000 reach the proxy:

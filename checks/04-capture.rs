@@ -215,7 +215,7 @@ fn seconds(time: SystemTime) -> f64 {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
     let (story, _stamps) = story();
     let pcap = PcapFile::new("story");
@@ -312,7 +312,7 @@ fn the_capture_opens_in_tshark_and_shows_the_wrong_source_on_the_bridge() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn a_filtered_capture_keeps_exactly_the_frames_its_filter_accepts() {
     let (story, _stamps) = story();
     // Two captures of the same run, side by side on the same interface: one keeps
@@ -357,7 +357,7 @@ fn a_filtered_capture_keeps_exactly_the_frames_its_filter_accepts() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn each_frame_says_whether_the_host_received_or_sent_it() {
     let (story, _stamps) = story();
     let mut capture = open_in(&story, "host", "br-dind");
@@ -416,7 +416,7 @@ fn each_frame_says_whether_the_host_received_or_sent_it() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn a_capture_sees_only_the_interface_it_is_bound_to() {
     let (story, _stamps) = story();
     let mut bridge = open_in(&story, "host", "br-dind");

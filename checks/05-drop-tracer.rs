@@ -150,7 +150,7 @@ fn an_event_s_tuple_is_printed_from_its_bytes() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn a_datagram_to_a_closed_port_is_dropped_with_no_socket() {
     let mut tracer = start_tracer();
     let ns = namespace(&[]);
@@ -170,7 +170,7 @@ fn a_datagram_to_a_closed_port_is_dropped_with_no_socket() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn a_datagram_hitting_a_firewall_drop_rule_is_dropped_by_netfilter() {
     let mut tracer = start_tracer();
     let ns = namespace(&[
@@ -204,7 +204,7 @@ fn a_datagram_hitting_a_firewall_drop_rule_is_dropped_by_netfilter() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn in_the_story_the_answer_is_dropped_in_dind2_with_no_socket() {
     let mut tracer = start_tracer();
     let story = Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"));

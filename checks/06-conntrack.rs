@@ -413,7 +413,7 @@ fn same_moment(yours: &[Seen], theirs: &[Seen], elapsed: Duration) -> bool {
 #[case::dind2_udp_and_icmp_masqueraded_tcp_masqueraded("dind2")]
 #[case::host_udp_of_the_proxy_without_nat_tcp_dnated("host")]
 #[case::dind1_udp_and_tcp_dnated("dind1")]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn a_live_table_parses_to_what_conntrack_l_reports(#[case] node: &str) {
     let flows = story_with_flows();
     let (entries, _, _) = both_reads(&flows, node);
@@ -449,7 +449,7 @@ fn a_live_table_parses_to_what_conntrack_l_reports(#[case] node: &str) {
 /// The connection from `peer` is open (ESTABLISHED in host); the one from `client` was
 /// closed (dind2 tracks it into TIME_WAIT). Your states are those `conntrack -L` reports.
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn tcp_entries_have_the_state_conntrack_l_reports() {
     let flows = story_with_flows();
     for (node, open) in [("host", true), ("dind2", false)] {
@@ -494,7 +494,7 @@ fn tcp_entries_have_the_state_conntrack_l_reports() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn in_dind2_the_answer_that_arrived_is_claimed_only_by_its_own_flow() {
     let flows = story_with_flows();
     let (entries, _, _) = both_reads(&flows, "dind2");

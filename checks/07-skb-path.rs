@@ -167,7 +167,7 @@ fn matches(pattern: &str, tuple: &str, port: &mut Option<String>) -> bool {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(90))]
+#[timeout(netlab::time_limit(90))]
 fn the_story_s_five_tuples_appear_in_order_ending_in_the_drop() {
     netlab::require_root("the eBPF checks");
     let story = Story::reference(false).unwrap_or_else(|e| panic!("the story's world: {e:#}"));

@@ -159,7 +159,7 @@ fn assert_the_answer_came_home(story: &Story, outcome: &Outcome, what: &str) {
 #[rstest]
 #[case::your_fixed_proxy(Fix::YourProxy)]
 #[case::your_hairpin_nat_without_a_proxy(Fix::YourHairpinNat)]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn with_the_fix_the_client_hears_from_192_168_0_239_4000(#[case] fix: Fix) {
     let story = story_with(fix);
     let outcome = story
@@ -194,7 +194,7 @@ fn with_the_fix_the_client_hears_from_192_168_0_239_4000(#[case] fix: Fix) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn your_proxy_answers_each_client_from_the_address_it_wrote_to() {
     let story = story_with(Fix::YourProxy);
     // dind2 sits on the bridge, so its datagrams to either host address reach the proxy:
@@ -225,7 +225,7 @@ fn your_proxy_answers_each_client_from_the_address_it_wrote_to() {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(60))]
+#[timeout(netlab::time_limit(60))]
 fn docker_28_s_proxy_and_yours_deliver_where_docker_20_10_s_loses_the_answer() {
     netlab::require_sandbox();
     let binaries = (story::docker_proxy_path(), story::docker_proxy_28_path());
@@ -322,7 +322,7 @@ mod as_root {
     #[rstest]
     #[case::your_fixed_proxy(Fix::YourProxy)]
     #[case::your_hairpin_nat_without_a_proxy(Fix::YourHairpinNat)]
-    #[timeout(Duration::from_secs(60))]
+    #[timeout(netlab::time_limit(60))]
     fn the_tracer_sees_no_answer_dropped_for_want_of_a_socket(#[case] fix: Fix) {
         netlab::require_root("the eBPF checks");
         let kernel =

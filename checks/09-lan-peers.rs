@@ -70,7 +70,7 @@ fn experiment() -> Experiment {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn a_lan_peer_hears_the_answer_from_192_168_0_239_4000(experiment: Experiment) {
     let Experiment {
         story, observation, ..
@@ -109,7 +109,7 @@ fn a_lan_peer_hears_the_answer_from_192_168_0_239_4000(experiment: Experiment) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_host_s_conntrack_holds_the_dnat_entry_to_dind1(experiment: Experiment) {
     let Experiment {
         story, observation, ..
@@ -141,7 +141,7 @@ fn the_host_s_conntrack_holds_the_dnat_entry_to_dind1(experiment: Experiment) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_userland_proxy_received_no_datagram(experiment: Experiment) {
     let Experiment {
         story,

@@ -136,7 +136,7 @@ impl TcpStory {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn through_the_buggy_world_the_tcp_client_gets_its_echo(tcp_story: TcpStory) {
     let echo = tcp_story.ask(b"hello over TCP");
     assert_eq!(
@@ -154,7 +154,7 @@ fn through_the_buggy_world_the_tcp_client_gets_its_echo(tcp_story: TcpStory) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_accepted_socket_s_local_address_is_192_168_0_239_4000(tcp_story: TcpStory) {
     tcp_story.ask(b"who am I talking to?");
     let accepted = tcp_story
@@ -200,7 +200,7 @@ fn the_accepted_socket_s_local_address_is_192_168_0_239_4000(tcp_story: TcpStory
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn no_segment_is_dropped_on_the_way_back(tcp_story: TcpStory) {
     let before = proc_net::snmp(&tcp_story.story.world, "dind2").unwrap();
     tcp_story.ask(b"anything lost?");
@@ -238,7 +238,7 @@ fn no_segment_is_dropped_on_the_way_back(tcp_story: TcpStory) {
 }
 
 #[rstest]
-#[timeout(Duration::from_secs(30))]
+#[timeout(netlab::time_limit(30))]
 fn the_relay_copies_both_ways_until_the_client_is_done(tcp_story: TcpStory) {
     // A quarter of a megabyte: when the client closes its side, much of the echo is
     // still on its way back. A relay that stops at the first end of stream cuts it off;

@@ -287,6 +287,16 @@ pub fn failure_text(output: &str, test_name: &str) -> Vec<String> {
     while lines.last().is_some_and(|l| l.trim().is_empty()) {
         lines.pop();
     }
+    // rstest's own time limit (`#[timeout(netlab::time_limit(N))]`): say how to stretch it.
+    if lines
+        .iter()
+        .any(|l| l.contains("Timeout ") && l.contains(" expired"))
+    {
+        lines.push(format!(
+            "(the check's time limit ran out: if your machine is slow or busy, \
+             {TIME_SCALE_VAR}=3 cargo xtask check … gives every check three times as long)"
+        ));
+    }
     if lines.len() > MAX_LINES {
         let hidden = lines.len() - MAX_LINES;
         lines.drain(..hidden);
@@ -294,6 +304,10 @@ pub fn failure_text(output: &str, test_name: &str) -> Vec<String> {
     }
     lines
 }
+
+/// `netlab::TIME_SCALE_VAR`, the variable that stretches every check's time limit (xtask
+/// does not link netlab).
+const TIME_SCALE_VAR: &str = "COURSE_TIME_SCALE";
 
 /// A panic's file, as written by rustc (relative to the workspace root for workspace
 /// members, absolute otherwise), as an existing path.
@@ -506,6 +520,19 @@ fn other() {}
         };
         assert_eq!(seen.note("g", &timed_out(20)), None);
         assert_eq!(seen.note("h", &timed_out(21)).as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn a_checks_own_time_limit_says_how_to_stretch_it() {
+        let text = failure_text(
+            "running 1 test\nthread 'x' panicked at checks/04-capture.rs:218:1:\nTimeout 30s expired\n",
+            "x",
+        );
+        assert!(
+            text.last()
+                .is_some_and(|l| l.contains("COURSE_TIME_SCALE=3")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -50,6 +50,22 @@ macro_rules! skip {
     }};
 }
 
+/// The environment variable that gives every check more time: a number, e.g. `3` for three
+/// times as long (a slow laptop, a busy lab server, or a kernel emulated in QEMU, where
+/// `cargo xtask kernels` sets it).
+pub const TIME_SCALE_VAR: &str = "COURSE_TIME_SCALE";
+
+/// A check's time limit: `seconds`, times [`TIME_SCALE_VAR`] when it is set to a number ≥ 1
+/// (anything else is ignored). Used as `#[timeout(netlab::time_limit(30))]`.
+pub fn time_limit(seconds: u64) -> std::time::Duration {
+    let scale = std::env::var(TIME_SCALE_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 1.0)
+        .unwrap_or(1.0);
+    std::time::Duration::from_secs_f64(seconds as f64 * scale)
+}
+
 /// The sandbox of this process, or skip the check with the reason it could not be
 /// entered (user namespaces blocked, …).
 pub fn require_sandbox() -> &'static sandbox::Sandbox {
