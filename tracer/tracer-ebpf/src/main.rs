@@ -659,15 +659,20 @@ fn read_ct(skb: u64, ev: &mut Event) {
 ///
 /// `network_header` is an offset from `head`. Early on the receive path it is not set yet
 /// (0, or 0xffff = "unset"): there `data` already points at the IP header.
+///
+/// `head` and `data` are read with the helper ([`read`]), not loaded: the verifier of some
+/// kernels (7.2) types a `unsigned char *` loaded from a trusted skb as a pointer, and a
+/// pointer may not be passed as the plain number [`tracer_headers`] takes, nor stored into
+/// the event; the helper's copy is always a plain number.
 #[inline(always)]
 fn network_header(skb: u64) -> Option<(u64, u64)> {
-    let head: u64 = field(skb, config!(offsets.skb_head));
+    let head: u64 = read(skb, config!(offsets.skb_head));
     if head == 0 {
         return None;
     }
     let mut nh = field::<u16>(skb, config!(offsets.skb_network_header)) as u64;
     if nh == 0 || nh == 0xffff {
-        let data: u64 = field(skb, config!(offsets.skb_data));
+        let data: u64 = read(skb, config!(offsets.skb_data));
         if data <= head || data - head > 0xffff {
             return None;
         }
@@ -713,32 +718,15 @@ fn read_headers(skb: u64, ev: &mut Event) {
     }
     // The IP packet's length: `skb->len` counts from `data`, which may sit before the network
     // header (the MAC header, on the way out) or after it (pulled by the protocol handlers).
-    let data: u64 = field(skb, config!(offsets.skb_data));
+    let data: u64 = read(skb, config!(offsets.skb_data));
     if data < head {
         return;
     }
-    let data_off = pointer_difference(data, head);
+    let data_off = data - head;
     let from_nh = (ev.len as u64 + data_off).wrapping_sub(nh);
     if from_nh <= u32::MAX as u64 {
         ev.net_len = from_nh as u32;
     }
-}
-
-/// `a - b` for two kernel pointers loaded from struct fields, as a plain number.
-///
-/// The verifier tracks `skb->data` and `skb->head` as pointers; a pointer plus or minus a
-/// number stays a pointer, which it refuses to store into the event. ONE subtraction of the
-/// two pointers turns into a number (for a privileged program). Written as `asm!` because the
-/// compiler, left alone, reorders `len + (data - head) - nh` into `data - nh + len - head`,
-/// whose intermediate values are all pointers.
-#[inline(always)]
-fn pointer_difference(a: u64, b: u64) -> u64 {
-    let mut d = a;
-    // SAFETY: register arithmetic only: no memory is touched.
-    unsafe {
-        core::arch::asm!("{0} -= {1}", inout(reg) d, in(reg) b, options(pure, nomem, nostack))
-    };
-    d
 }
 
 /// The in-kernel filter, first part: namespace and interface.
