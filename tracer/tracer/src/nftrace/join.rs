@@ -24,8 +24,10 @@ use crate::output::Record;
 pub const HOLD: Duration = Duration::from_millis(300);
 /// How long a verdict waits for its hop to arrive from the ring buffer.
 pub const SETTLE: Duration = Duration::from_millis(50);
-/// Hops of one skb in one namespace less than this apart are one visit.
-const VISIT_NS: u64 = 5_000_000;
+/// Hops of one skb in one namespace, each less than this after the one before, are one visit
+/// (as long as no hop in between ended the skb). Generous: on a slow machine, or a kernel
+/// emulated in QEMU, the hops of one visit are milliseconds apart.
+const VISIT_GAP_NS: u64 = 50_000_000;
 /// A verdict may be received before the packet's first hop in the namespace is traced: the
 /// `output` hook runs before `net_dev_queue`, and the tracer's thread may be woken at once.
 const EARLY_NS: u64 = 5_000_000;
@@ -50,6 +52,11 @@ fn same_packet(r: &Record, v: &Verdict) -> bool {
         && r.dport == v.dport
 }
 
+/// The hop where the skb was freed: its address may then be reused by another packet.
+fn ends_the_skb(r: &Record) -> bool {
+    matches!(r.event.as_str(), "kfree_skb" | "consume_skb")
+}
+
 impl Joiner {
     pub fn push_record(&mut self, record: Record, now: Instant) {
         self.records.push_back((now, record));
@@ -68,15 +75,22 @@ impl Joiner {
         })?;
         let last = &self.records[latest].1;
         let mut first = latest;
+        let mut later = last.time_ns;
         for i in (0..latest).rev() {
             let r = &self.records[i].1;
             if !same_packet(r, v) {
                 continue;
             }
-            if r.skb != last.skb || last.time_ns - r.time_ns > VISIT_NS {
+            // Another skb, an earlier life of this skb's address (it ended there), or too long
+            // before: the visit began after it.
+            if r.skb != last.skb
+                || ends_the_skb(r)
+                || later.saturating_sub(r.time_ns) > VISIT_GAP_NS
+            {
                 break;
             }
             first = i;
+            later = r.time_ns;
         }
         Some(first)
     }
@@ -165,6 +179,28 @@ mod tests {
         // The 5555 verdict waited HOLD for a hop that never came.
         j.ready(t0 + 3 * HOLD, true);
         assert_eq!(j.unmatched, 1);
+    }
+
+    /// On a slow machine the hops of one visit are milliseconds apart; a verdict still goes
+    /// under the first of them, and never under an earlier packet whose freed skb address the
+    /// new one reuses.
+    #[test]
+    fn a_slow_visit_is_one_visit_but_a_freed_skb_ends_one() {
+        let t0 = Instant::now();
+        let mut j = Joiner::default();
+        j.push_record(hop("netif_receive_skb", 1, "0xa", 1_000_000, 4000), t0);
+        j.push_record(hop("consume_skb", 1, "0xa", 2_000_000, 4000), t0);
+        j.push_record(hop("netif_rx", 1, "0xa", 10_000_000, 4000), t0);
+        j.push_record(hop("netif_receive_skb", 1, "0xa", 20_000_000, 4000), t0);
+        j.push_record(hop("kfree_skb", 1, "0xa", 40_000_000, 4000), t0);
+        j.push_verdict(verdict(1, 45_000_000, 4000, "DOCKER"), t0);
+        let out = j.ready(t0 + HOLD + SETTLE, false);
+        let with: Vec<&str> = out
+            .iter()
+            .filter(|r| !r.verdicts.is_empty())
+            .map(|r| r.event.as_str())
+            .collect();
+        assert_eq!(with, ["netif_rx"], "{out:?}");
     }
 
     #[test]
