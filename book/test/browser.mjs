@@ -181,20 +181,30 @@ for (const [from, target, fragment] of links) {
 await open("index.html");
 await page("DOM.enable");
 await page("CSS.enable");
-const probed = await evaluate(`(() => {
+// The probe is new: wait until it is laid out and its fonts are loaded (two frames), or
+// Chromium may answer that no font drew it yet.
+const probed = await evaluate(`(async () => {
   const title = [...document.querySelectorAll("main *")].find((e) => e.children.length === 0 && e.textContent.includes("我的包去哪了"));
   if (!title) return false;
   const probe = document.createElement("span");
   probe.id = "cjk-probe";
   probe.textContent = "日志我的包去哪了";
   title.appendChild(probe);
+  probe.getBoundingClientRect();
+  await document.fonts.ready;
+  await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
   return true;
 })()`);
 if (!probed) fail("index.html", "the article's title (我的包去哪了) is not on the first page");
 else {
   const { root } = await page("DOM.getDocument", { depth: -1 });
   const { nodeId } = await page("DOM.querySelector", { nodeId: root.nodeId, selector: "#cjk-probe" });
-  const { fonts } = await page("CSS.getPlatformFontsForNode", { nodeId });
+  // Fonts are matched when the text is first drawn: ask again for a while if none drew it yet.
+  let fonts = [];
+  for (let tries = 0; tries < 50 && fonts.length === 0; tries++) {
+    if (tries > 0) await sleep(100);
+    ({ fonts } = await page("CSS.getPlatformFontsForNode", { nodeId }));
+  }
   const cjk = fonts.filter((f) => f.glyphCount > 0 && /CJK|Han |WenQuanYi|Droid Sans Fallback|Source Han|\b(SC|TC|JP|KR)\b/i.test(f.familyName));
   const drawn = fonts.map((f) => `${f.familyName} (${f.glyphCount} glyphs)`).join(", ") || "no font";
   if (cjk.reduce((n, f) => n + f.glyphCount, 0) < 8) {
