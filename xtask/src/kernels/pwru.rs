@@ -105,6 +105,11 @@ pub fn parse_hop_table(repro: &str) -> Vec<Hop> {
         }
         // `18  +0.560ms  dind2 (4026532453)  172.18.0.1:4000 > 172.18.0.3:34320  a@eth0 → b@eth0`
         let Some(number) = words.first().and_then(|w| w.parse::<u32>().ok()) else {
+            // The lines under a hop (`└ ct: …`, `↳ nft …`) belong to it; anything else
+            // ends the table.
+            if matches!(words.first(), Some(w) if w.starts_with('└') || w.starts_with('↳')) {
+                continue;
+            }
             in_table = false;
             continue;
         };
@@ -974,7 +979,10 @@ mod tests {
   HOP      TIME  NODE (NETNS)         TUPLE                                  SEEN AT
     1  +0.000ms  client (4026532600)  172.17.0.2:34320 > 192.168.0.239:4000  net_dev_queue@eth0 → net_dev_start_xmit@eth0
     2  +0.146ms  dind2 (4026532453)   172.18.0.3:34320 > 192.168.0.239:4000  netif_rx_entry@veth-c → net_dev_queue@eth0
+                 └ ct: none → new orig 172.18.0.3:34320>192.168.0.239:4000 reply 192.168.0.239:4000>172.18.0.3:34320 [DST_NAT_DONE] unconfirmed (no NAT)
+          ↳ nft ip nat DOCKER: iifname \"br-dind\" counter return (rule handle 9) → return
     7  +0.303ms  host (4026532246)    172.18.0.1:37047 > 172.18.0.2:4000     consume_skb@br-dind
+                 └ ct: none on the skb
     9  +0.401ms  host (4026532246)    172.18.0.2:4000 > 172.18.0.1:37047     netif_receive_skb@br-dind ×2
    18  +0.560ms  dind2 (4026532453)   172.18.0.1:4000 > 172.18.0.3:34320     netif_rx_entry@eth0 → icmp_send@eth0 → kfree_skb@eth0  ✗ DROPPED: NO_SOCKET
 
