@@ -196,6 +196,19 @@ impl Btf {
         })
     }
 
+    /// The offset of [`field`](Btf::field) `struct_name.path`, after checking that it is
+    /// `size` bytes in this kernel (what the eBPF side's loads assume).
+    pub fn sized_offset(&self, struct_name: &str, path: &str, size: u32) -> Result<u32> {
+        let field = self.field(struct_name, path)?;
+        if field.size != size {
+            bail!(
+                "{struct_name}.{path} is {} bytes in this kernel, the tracer expects {size}",
+                field.size
+            );
+        }
+        Ok(field.offset)
+    }
+
     /// The enumerators of `enum name` (enum or enum64) as (name, value) pairs, in declaration
     /// order — what `bpftool btf dump file /sys/kernel/btf/vmlinux` lists.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>> {
@@ -342,16 +355,7 @@ pub fn join_split(base: &[u8], split: &[u8]) -> Result<Vec<u8>> {
 
 /// Computes every offset the eBPF program needs, and checks the field sizes it assumes.
 pub fn skb_offsets(btf: &Btf) -> Result<Offsets> {
-    let f = |s: &str, path: &str, size: u32| -> Result<u32> {
-        let field = btf.field(s, path)?;
-        if field.size != size {
-            bail!(
-                "{s}.{path} is {} bytes in this kernel, the tracer expects {size}",
-                field.size
-            );
-        }
-        Ok(field.offset)
-    };
+    let f = |s: &str, path: &str, size: u32| btf.sized_offset(s, path, size);
     Ok(Offsets {
         skb_head: f("sk_buff", "head", 8)?,
         skb_data: f("sk_buff", "data", 8)?,
@@ -427,16 +431,7 @@ impl CtLayout {
 /// `_nfct` nor `struct nf_conn` is in its BTF) or lays it out in a way the tracer cannot read:
 /// the tracer then runs without the conntrack column and says so once.
 pub fn conntrack_layout(btf: &Btf) -> Result<CtLayout> {
-    let sized = |s: &str, path: &str, size: u32| -> Result<u32> {
-        let field = btf.field(s, path)?;
-        if field.size != size {
-            bail!(
-                "{s}.{path} is {} bytes in this kernel, the tracer expects {size}",
-                field.size
-            );
-        }
-        Ok(field.offset)
-    };
+    let sized = |s: &str, path: &str, size: u32| btf.sized_offset(s, path, size);
     let skb_nfct = sized("sk_buff", "_nfct", 8)?;
     // `_nfct` points at `ct_general`, the nf_conn's first member: count from there.
     let general = btf
