@@ -129,25 +129,28 @@ pub fn run(number: u32) -> Result<()> {
     Ok(())
 }
 
+/// Exercise 8's hairpin NAT (the reference answer), for the three docker networks of the
+/// story: the fix without a proxy.
+pub(crate) fn hairpin_rules() -> NatRules {
+    NatRules::from_fn(|network| {
+        let published: Vec<solution_fix::Publish> = network
+            .published
+            .iter()
+            .map(|&(protocol, host_port, container)| solution_fix::Publish {
+                protocol,
+                host_port,
+                container,
+            })
+            .collect();
+        solution_fix::hairpin_nat_rules(network.bridge, network.subnet, &published)
+    })
+}
+
 /// One fresh world with `setup` in host; the client asks once. Returns what the client
 /// got, whether dind2's entry for the client saw an answer, and dind2's `Udp NoPorts`.
 fn try_once(setup: &Setup) -> Result<(Outcome, bool, u64)> {
-    let hairpin = || {
-        NatRules::from_fn(|network| {
-            let published: Vec<solution_fix::Publish> = network
-                .published
-                .iter()
-                .map(|&(protocol, host_port, container)| solution_fix::Publish {
-                    protocol,
-                    host_port,
-                    container,
-                })
-                .collect();
-            solution_fix::hairpin_nat_rules(network.bridge, network.subnet, &published)
-        })
-    };
     let nat = match setup {
-        Setup::HairpinNat => hairpin(),
+        Setup::HairpinNat => hairpin_rules(),
         _ => story::reference_nat_rules(),
     };
     let story = match setup {

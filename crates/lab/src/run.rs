@@ -162,38 +162,13 @@ pub enum World {
 /// The running world of a session.
 fn build(world: World) -> Result<Story> {
     Ok(match world {
-        World::Story => {
-            let mut story = Story::reference(true).context("building the world")?;
-            // Homework 2's TCP half, as in `lab up`.
-            let _tcp_accepted = story.start_reference_tcp_relay(true)?;
-            story.world.spawn_service("server", "tcp-echo-server", || {
-                let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .and_then(tokio::net::TcpListener::from_std);
-                async move { crate::up::run_tcp_echo(listener?).await }
-            })?;
-            story
-        }
+        World::Story => crate::up::story_with_tcp()?,
         World::FixedProxy => {
             let mut story = Story::up(&story::reference_nat_rules(), true)?;
             story.start_proxy(solution_fix::run_fixed_udp_proxy)?;
             story
         }
-        World::Hairpin => {
-            let rules = story::NatRules::from_fn(|network| {
-                let published: Vec<solution_fix::Publish> = network
-                    .published
-                    .iter()
-                    .map(|&(protocol, host_port, container)| solution_fix::Publish {
-                        protocol,
-                        host_port,
-                        container,
-                    })
-                    .collect();
-                solution_fix::hairpin_nat_rules(network.bridge, network.subnet, &published)
-            });
-            Story::up(&rules, true)?
-        }
+        World::Hairpin => Story::up(&crate::repro_fix::hairpin_rules(), true)?,
     })
 }
 

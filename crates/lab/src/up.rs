@@ -10,6 +10,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::style::{bold, dim};
 
+/// The story's world as `lab up` and `lab run` show it: the reference answers, plus homework
+/// 2's TCP half — a TCP relay in `host` (docker-proxy for `-p 4000:4000/tcp`) and a TCP echo
+/// server in `server`.
+pub(crate) fn story_with_tcp() -> Result<Story> {
+    let mut story = Story::reference(true).context("building the world")?;
+    // The relay reports each accepted connection on a channel nobody here reads: dropping
+    // its receiver is fine (the relay ignores a failed send).
+    story.start_reference_tcp_relay(true)?;
+    story.world.spawn_service("server", "tcp-echo-server", || {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std);
+        async move { run_tcp_echo(listener?).await }
+    })?;
+    Ok(story)
+}
+
 /// Runs until Ctrl-C (or SIGTERM, SIGHUP) and returns the exit code a shell gives a
 /// program that signal stopped: 128 + its number (130 for Ctrl-C, 143 for SIGTERM), so
 /// that a script running `lab up` sees it was interrupted, not that it finished.
@@ -25,15 +42,7 @@ pub fn run() -> Result<i32> {
     // controls is reported at once, with the fix.
     let registry = RegistryDir::create(&Location::own())?;
 
-    let mut story = Story::reference(true).context("building the world")?;
-    // Homework 2: a TCP relay in `host`, as docker-proxy for `-p 4000:4000/tcp`.
-    let _tcp_accepted = story.start_reference_tcp_relay(true)?;
-    story.world.spawn_service("server", "tcp-echo-server", || {
-        let listener = std::net::TcpListener::bind(("0.0.0.0", story::PORT))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std);
-        async move { run_tcp_echo(listener?).await }
-    })?;
+    let story = story_with_tcp()?;
     let registration = Registration::of_this_process(
         netlab::sandbox::current()
             .map(|sandbox| sandbox.user_namespace)
